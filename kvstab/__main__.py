@@ -1,0 +1,3 @@
+from kvstab.cli import main
+import sys
+sys.exit(main())

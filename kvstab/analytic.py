@@ -1,0 +1,220 @@
+"""Closed forms of the paper (PAPER.md §2–3), in pure ``jax.numpy`` so that they differentiate.
+
+* g(s, o): area under one request's KV-memory curve, token·steps (PAPER.md §2), in the
+  paper's closed form and in the exact form for any chunk size ŝ.
+* E[g] over a workload law: exact sums for finite support, truncated summation with a stated
+  tail bound for unbounded laws (:mod:`kvstab.laws`).
+* μ = M / (b̄·E[g]) (critical rate, §3); δ = ess sup(s+o) / M; μ(1−δ) (Theorem 4.2);
+  a verdict for a rate λ; cluster size G = ⌈λ / (ρ μ)⌉; class mixes μ_mix = (Σ q_ℓ/μ_ℓ)⁻¹.
+
+Derivatives: ``jax.grad`` of :func:`critical_rate` or :func:`mu_for` with respect to M, b̄
+and the continuous parameters of a law (laws are pytrees) are derivatives of the closed form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from kvstab.errors import InputError, check_number
+from kvstab.laws import JointLaw, LengthLaw, as_joint
+
+G_FORMS = ("exact", "paper")
+
+
+def _check_form(form: str) -> None:
+    if form not in G_FORMS:
+        raise InputError("g_form", f"must be one of {', '.join(G_FORMS)}, got {form!r}")
+
+
+def prefill_area(s, chunk_tokens, form: str = "exact"):
+    """Memory area of the prefill phase, token·steps.
+
+    exact: Σ_{j=1}^{⌈s/ŝ⌉} min(j ŝ, s) = ŝ·c(c−1)/2 + s with c = ⌈s/ŝ⌉ (PAPER.md §2);
+    paper: (1 + s/ŝ)·s/2, which equals the exact sum when ŝ divides s.
+    """
+    _check_form(form)
+    s = jnp.asarray(s, jnp.result_type(float))
+    if form == "paper":
+        return (1.0 + s / chunk_tokens) * s / 2.0
+    c = jnp.ceil(s / chunk_tokens)
+    return chunk_tokens * c * (c - 1.0) / 2.0 + s
+
+
+def g(s, o, chunk_tokens, form: str = "exact"):
+    """Lifetime memory g(s, o) in token·steps (PAPER.md §2), elementwise.
+
+    g = prefill area + s·o (prompt held during decode) + o(o+1)/2 (decode accumulation).
+    """
+    s = jnp.asarray(s, jnp.result_type(float))
+    o = jnp.asarray(o, jnp.result_type(float))
+    return prefill_area(s, chunk_tokens, form) + s * o + o * (o + 1.0) / 2.0
+
+
+def g_exact(s, o, chunk_tokens):
+    """Exact g for any chunk size: the area a simulator measures."""
+    return g(s, o, chunk_tokens, "exact")
+
+
+def g_paper(s, o, chunk_tokens):
+    """The paper's closed form [(1 + s/ŝ)s + 2os + (1 + o)o]/2."""
+    return g(s, o, chunk_tokens, "paper")
+
+
+def mean_g(workload: JointLaw, chunk_tokens: int, form: str = "exact"):
+    """E[g(s, o)] under a joint law, token·steps. See ``workload.summation`` for the method."""
+    _check_form(form)
+    check_number("chunk_tokens", chunk_tokens, low=1, integer=True)
+    return workload.mean_g(int(chunk_tokens), form)
+
+
+def critical_rate(kv_capacity_tokens, batch_time_s, mean_g_value):
+    """μ = M / (b̄ · E[g]) requests/s (PAPER.md §3)."""
+    return kv_capacity_tokens / (batch_time_s * mean_g_value)
+
+
+def delta(workload: JointLaw, kv_capacity_tokens) -> float:
+    """δ = ess sup(s + o) / M (Theorem 4.2). Unbounded laws have no δ: a cap is required."""
+    total = workload.max_total
+    if total is None:
+        raise InputError(
+            "workload",
+            f"{workload.spec} is unbounded, so s+o can exceed M; add a cap to the law "
+            "(e.g. geometric:MEAN:CAP or lognormal:MEDIAN:SIGMA:CAP)",
+        )
+    return total / kv_capacity_tokens
+
+
+def mu_for(
+    workload: JointLaw,
+    kv_capacity_tokens,
+    batch_time_s,
+    chunk_tokens: int,
+    form: str = "exact",
+):
+    """μ for a workload; differentiable in M, b̄ and the law's continuous parameters."""
+    return critical_rate(kv_capacity_tokens, batch_time_s, mean_g(workload, chunk_tokens, form))
+
+
+def verdict(rate_per_s: float, mu: float, mu_stable: float) -> str:
+    """'stable' below μ(1−δ) (Thm 4.2), 'unstable' above μ (Thm 4.1), else 'in the delta band'."""
+    if rate_per_s < mu_stable:
+        return "stable"
+    if rate_per_s > mu:
+        return "unstable"
+    return "in the delta band"
+
+
+def gpus_needed(rate_per_s: float, mu_per_replica: float, utilization: float = 0.9) -> int:
+    """Minimum replicas G = ⌈λ / (ρ·μ)⌉ for a target utilisation ρ (PAPER.md §3)."""
+    check_number("rate_per_s", rate_per_s, low=0)
+    check_number("utilization", utilization, low=0, high=1, low_open=True)
+    check_number("mu", mu_per_replica, low=0, low_open=True)
+    if rate_per_s == 0:
+        return 0
+    # Guard the ceiling against float noise: 3.0000000000000004 must not become 4.
+    ratio = rate_per_s / (utilization * mu_per_replica)
+    return int(math.ceil(ratio - 1e-9 * max(1.0, ratio)))
+
+
+def mixed_rate(mus: Sequence[Any], fractions: Sequence[Any]):
+    """Critical rate of a class mix, μ_mix = (Σ_ℓ q_ℓ / μ_ℓ)⁻¹ (PAPER.md §3)."""
+    mus_a = jnp.asarray(mus, jnp.result_type(float))
+    q = jnp.asarray(fractions, jnp.result_type(float))
+    if mus_a.shape != q.shape or mus_a.ndim != 1 or mus_a.size == 0:
+        raise InputError("fractions", "need one fraction per class, at least one class")
+    qn = np.asarray(q)
+    if np.any(qn < 0) or not math.isclose(float(qn.sum()), 1.0, rel_tol=1e-6):
+        raise InputError("fractions", f"must be >= 0 and sum to 1, got {qn.tolist()}")
+    if np.any(np.asarray(mus_a) <= 0):
+        raise InputError("mus", "every class rate must be > 0")
+    return 1.0 / jnp.sum(q / mus_a)
+
+
+@dataclasses.dataclass(frozen=True)
+class CapacityReport:
+    """Everything ``kvstab capacity`` prints. Rates in requests/s, E[g] in token·steps."""
+
+    workload: str
+    kv_capacity_tokens: int
+    chunk_tokens: int
+    batch_time_s: float
+    g_form: str
+    summation: str
+    mean_g: float
+    mu: float
+    delta: float
+    mu_stable: float
+    rate_per_s: float | None = None
+    utilization: float = 0.9
+    verdict: str | None = None
+    gpus: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def validate_system(kv_capacity_tokens, chunk_tokens, batch_time_s) -> None:
+    check_number("kv_capacity_tokens", kv_capacity_tokens, low=1, integer=True)
+    check_number("chunk_tokens", chunk_tokens, low=1, integer=True)
+    check_number("batch_time_s", batch_time_s, low=0, low_open=True)
+
+
+def capacity(
+    workload: JointLaw | LengthLaw,
+    output: LengthLaw | None = None,
+    *,
+    kv_capacity_tokens: int,
+    chunk_tokens: int,
+    batch_time_s: float,
+    g_form: str = "exact",
+    rate_per_s: float | None = None,
+    utilization: float = 0.9,
+) -> CapacityReport:
+    """The closed-form capacity answer for one replica (and a cluster, given a rate).
+
+    Raises:
+        InputError: for M ≤ 0, ŝ ≤ 0, b̄ ≤ 0, λ < 0, ρ ∉ (0, 1], NaN anywhere, or a law whose
+            s + o can exceed M (such a request could never be served).
+    """
+    joint = as_joint(workload, output)
+    validate_system(kv_capacity_tokens, chunk_tokens, batch_time_s)
+    _check_form(g_form)
+    if rate_per_s is not None:
+        check_number("rate_per_s", rate_per_s, low=0)
+    check_number("utilization", utilization, low=0, high=1, low_open=True)
+    d = delta(joint, kv_capacity_tokens)
+    if joint.max_total > kv_capacity_tokens:
+        raise InputError(
+            "workload",
+            f"ess sup(s+o) = {joint.max_total} exceeds kv_capacity_tokens M = {kv_capacity_tokens}: "
+            "such a request can never be served; need max(s+o) <= M",
+        )
+    eg = float(mean_g(joint, chunk_tokens, g_form))
+    mu = float(critical_rate(kv_capacity_tokens, batch_time_s, eg))
+    mu_stable = mu * (1.0 - d)
+    v = gpus = None
+    if rate_per_s is not None:
+        v = verdict(rate_per_s, mu, mu_stable)
+        gpus = gpus_needed(rate_per_s, mu, utilization)
+    return CapacityReport(
+        workload=joint.spec,
+        kv_capacity_tokens=int(kv_capacity_tokens),
+        chunk_tokens=int(chunk_tokens),
+        batch_time_s=float(batch_time_s),
+        g_form=g_form,
+        summation=joint.summation,
+        mean_g=eg,
+        mu=mu,
+        delta=float(d),
+        mu_stable=mu_stable,
+        rate_per_s=None if rate_per_s is None else float(rate_per_s),
+        utilization=float(utilization),
+        verdict=v,
+        gpus=gpus,
+    )
