@@ -1,0 +1,646 @@
+"""The executable specification: a slow, plain-Python, event-by-event simulator.
+
+This module implements ``docs/semantics.md`` (SIM_SEMANTICS_VERSION = 1) literally, one step
+and one request at a time, with no vectorization and no JAX. It exists to be read and to be
+trusted: the fast JAX simulator (:mod:`kvstab.simulate`) must give *identical* integer results
+on the same sampled workload, and the tests check that.
+
+Reading guide. :func:`simulate` validates its inputs, then runs :func:`_Simulator.step` once
+per step k = 0 .. T-1. ``step`` does, in this order, exactly the seven numbered points of
+docs/semantics.md "One step k":
+
+1. arrivals join the end of ``queue``;
+2. plan the running requests' growth;
+3. overflow: preempt the newest running requests until U + growth <= M, victims go to the
+   head of ``queue`` oldest-admitted first;
+4. admission by the order policy (fcfs / spf) and the admission rule (current / reserve),
+   head-of-line blocking;
+5. execute: every running request advances one position; KV_k = U + growth;
+6. batch time b_k, t_{k+1} = t_k + b_k;
+7. completions.
+
+Floating point, so that both simulators agree bit for bit (arrivals compare the clock with
+``arrival_s``, so the clock must be the same double in both):
+
+* the clock is a sequential float64 running sum, t_0 = 0.0 and t_{k+1} = t_k + b_k (not k·b̄,
+  not a pairwise/parallel prefix sum);
+* ``linear``: b_k = ((c0 + c_p·P_k) + c_d·D_k) + c_kv·KV_k, left to right in float64;
+* ``random``: b_k = b̄ · ξ_k in float64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from kvstab.errors import InputError, check_number
+
+ADMISSIONS = ("current", "reserve")
+OVERFLOWS = ("recompute", "swap")
+ORDERS = ("fcfs", "spf")
+BATCH_TIMES = ("constant", "linear", "random")
+
+
+# ---------------------------------------------------------------------------------------------
+# Request life (docs/semantics.md "Request life")
+# ---------------------------------------------------------------------------------------------
+
+
+def num_chunks(s: int, chunk: int) -> int:
+    """C = ⌈s/ŝ⌉, the number of prefill steps."""
+    return -(-s // chunk)
+
+
+def lifetime(s: int, o: int, chunk: int) -> int:
+    """L = C + o steps from first chunk to last decode token."""
+    return num_chunks(s, chunk) + o
+
+
+def mem(p: int, s: int, chunk: int) -> int:
+    """KV tokens held after p steps of life.
+
+    mem(p) = min(p·ŝ, s) for p <= C, and s + (p − C) for p > C.
+    """
+    c = num_chunks(s, chunk)
+    if p <= c:
+        return min(p * chunk, s)
+    return s + (p - c)
+
+
+def growth(p: int, s: int, chunk: int) -> int:
+    """Tokens added by executing one step at position p: mem(p+1) − mem(p).
+
+    ŝ for p < C−1, s − (C−1)·ŝ for the last chunk p = C−1, and 1 for a decode step C <= p < L.
+    """
+    return mem(p + 1, s, chunk) - mem(p, s, chunk)
+
+
+def is_prefill(p: int, s: int, chunk: int) -> bool:
+    """True if the step executed at position p is a prefill chunk (p < C), else a decode."""
+    return p < num_chunks(s, chunk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Result
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ReferenceResult:
+    """Everything the reference simulator records (docs/semantics.md "Outputs").
+
+    Per step k = 0..T-1 (arrays of length T, except ``clock_s`` of length T+1):
+    ``kv_tokens`` KV_k; ``queue_len`` |queue| after step k's admissions (arrivals during step k
+    join only at step k+1); ``running`` after step k's completions; ``completions_cum`` and
+    ``preemptions_cum`` cumulative at the end of step k; ``batch_time_s`` b_k; ``clock_s``
+    t_0 .. t_T; ``prefill_tokens`` P_k; ``decode_tokens`` D_k.
+
+    Per request i = 0..R-1 (−1 where it did not happen): ``first_admit_step``, ``admit_step``
+    (last admission), ``first_token_step`` (first step that executed p = C → C+1, kept across
+    preemptions), ``finish_step`` (the step whose end completes it; finish time t_{step+1}),
+    ``num_preempted``.
+    """
+
+    kv_tokens: np.ndarray
+    queue_len: np.ndarray
+    running: np.ndarray
+    completions_cum: np.ndarray
+    preemptions_cum: np.ndarray
+    batch_time_s: np.ndarray
+    clock_s: np.ndarray
+    prefill_tokens: np.ndarray
+    decode_tokens: np.ndarray
+    num_arrived: int
+    num_completed: int
+    num_preemptions: int
+    final_queue: int
+    final_running: int
+    first_admit_step: np.ndarray
+    admit_step: np.ndarray
+    first_token_step: np.ndarray
+    finish_step: np.ndarray
+    num_preempted: np.ndarray
+    flags: dict
+
+
+# ---------------------------------------------------------------------------------------------
+# Input validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_option(field: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise InputError(field, f"must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _as_1d(field: str, values: Any) -> np.ndarray:
+    a = np.asarray(values)
+    if a.ndim != 1:
+        raise InputError(field, f"must be a 1-D array, got shape {a.shape}")
+    if a.size and a.dtype.kind not in "iuf":
+        raise InputError(field, f"must be numeric, got dtype {a.dtype}")
+    return a
+
+
+def _first_bad(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _as_length_array(field: str, values: Any) -> list[int]:
+    """Integer token counts >= 1, as Python ints."""
+    a = _as_1d(field, values)
+    if a.size == 0:
+        return []
+    if a.dtype.kind == "f":
+        bad = ~np.isfinite(a)
+        if bad.any():
+            i = _first_bad(bad)
+            raise InputError(field, f"must be finite integers >= 1; {field}[{i}] = {a[i]}")
+        bad = a != np.floor(a)
+        if bad.any():
+            i = _first_bad(bad)
+            raise InputError(field, f"must be integers >= 1; {field}[{i}] = {a[i]}")
+    bad = a < 1
+    if bad.any():
+        i = _first_bad(bad)
+        raise InputError(field, f"must be integers >= 1; {field}[{i}] = {a[i]}")
+    return [int(x) for x in a]
+
+
+def _validate(
+    arrival_s,
+    prompt,
+    output,
+    kv_capacity_tokens,
+    chunk_tokens,
+    num_steps,
+    saturated,
+    admission,
+    overflow,
+    order,
+    spf_window,
+    batch_time,
+    batch_time_s,
+    linear_coefs,
+    batch_time_factors,
+):
+    """Check every input; return (arrival, s, o, factors) as Python lists of float/int."""
+    check_number("kv_capacity_tokens", kv_capacity_tokens, low=1, integer=True)
+    check_number("chunk_tokens", chunk_tokens, low=1, integer=True)
+    check_number("num_steps", num_steps, low=1, integer=True)
+    check_number("spf_window", spf_window, low=1, integer=True)
+    for field, value in (
+        ("kv_capacity_tokens", kv_capacity_tokens),
+        ("chunk_tokens", chunk_tokens),
+        ("num_steps", num_steps),
+        ("spf_window", spf_window),
+    ):
+        try:
+            float(value)
+        except Exception as exc:
+            raise InputError(field, f"must be an integer >= 1, got {value!r}") from exc
+    _check_option("admission", admission, ADMISSIONS)
+    _check_option("overflow", overflow, OVERFLOWS)
+    _check_option("order", order, ORDERS)
+    _check_option("batch_time", batch_time, BATCH_TIMES)
+    check_number("batch_time_s", batch_time_s, low=0, low_open=True)
+
+    m = int(kv_capacity_tokens)
+    steps = int(num_steps)
+
+    s = _as_length_array("prompt", prompt)
+    o = _as_length_array("output", output)
+    if len(o) != len(s):
+        raise InputError("output", f"must have the same length as prompt ({len(s)}), got {len(o)}")
+    if arrival_s is None and saturated:
+        arrival = [0.0] * len(s)
+    else:
+        a = _as_1d("arrival_s", arrival_s)
+        if a.size != len(s):
+            raise InputError(
+                "arrival_s", f"must have the same length as prompt ({len(s)}), got {a.size}"
+            )
+        a = a.astype(np.float64)
+        bad = ~np.isfinite(a)
+        if bad.any():
+            i = _first_bad(bad)
+            raise InputError("arrival_s", f"must be finite; arrival_s[{i}] = {a[i]}")
+        if a.size > 1:
+            bad = a[1:] < a[:-1]
+            if bad.any():
+                i = _first_bad(bad) + 1
+                raise InputError(
+                    "arrival_s",
+                    f"must be non-decreasing; arrival_s[{i}] = {a[i]} < arrival_s[{i - 1}] = "
+                    f"{a[i - 1]}",
+                )
+        arrival = [float(x) for x in a]
+    for i, (si, oi) in enumerate(zip(s, o, strict=True)):
+        if si + oi > m:
+            raise InputError(
+                "prompt",
+                f"every request needs prompt + output <= kv_capacity_tokens M = {m}; request {i} "
+                f"has prompt + output = {si} + {oi} = {si + oi} (it could never run)",
+            )
+
+    coefs = None
+    factors = None
+    if batch_time == "linear":
+        try:
+            coefs = [float(c) for c in linear_coefs]
+        except Exception as exc:
+            raise InputError("linear_coefs", "must be 4 numbers (c0, c_p, c_d, c_kv)") from exc
+        if len(coefs) != 4:
+            raise InputError(
+                "linear_coefs", f"must be 4 numbers (c0, c_p, c_d, c_kv), got {len(coefs)}"
+            )
+        if not all(math.isfinite(c) for c in coefs):
+            raise InputError("linear_coefs", f"must be finite, got {coefs}")
+        if coefs[0] <= 0 or min(coefs[1:]) < 0:
+            raise InputError(
+                "linear_coefs",
+                f"need c0 > 0 and c_p, c_d, c_kv >= 0 (so every batch time is > 0), got {coefs}",
+            )
+    if batch_time == "random":
+        if batch_time_factors is None:
+            raise InputError(
+                "batch_time_factors",
+                f"required for batch_time='random': an array of length >= num_steps = {steps}",
+            )
+        f = _as_1d("batch_time_factors", batch_time_factors).astype(np.float64)
+        if f.size < steps:
+            raise InputError(
+                "batch_time_factors", f"must have length >= num_steps = {steps}, got {f.size}"
+            )
+        f = f[:steps]
+        bad = ~(np.isfinite(f) & (f > 0))
+        if bad.any():
+            i = _first_bad(bad)
+            raise InputError(
+                "batch_time_factors", f"must be finite and > 0; batch_time_factors[{i}] = {f[i]}"
+            )
+        factors = [float(x) for x in f]
+    return arrival, s, o, coefs, factors
+
+
+# ---------------------------------------------------------------------------------------------
+# The simulator
+# ---------------------------------------------------------------------------------------------
+
+
+class _Simulator:
+    """State of docs/semantics.md "State", advanced one step at a time by :meth:`step`."""
+
+    def __init__(
+        self,
+        arrival,
+        s,
+        o,
+        *,
+        m,
+        chunk,
+        stream_ends,
+        saturated,
+        admission,
+        overflow,
+        order,
+        spf_window,
+        batch_time,
+        batch_time_s,
+        coefs,
+        factors,
+    ):
+        self.arrival = arrival
+        self.s = s
+        self.o = o
+        self.r = len(s)
+        self.m = m
+        self.chunk = chunk
+        self.stream_ends = stream_ends
+        self.saturated = saturated
+        self.admission = admission
+        self.overflow = overflow
+        self.order = order
+        self.spf_window = spf_window
+        self.batch_time = batch_time
+        self.batch_time_s = batch_time_s
+        self.coefs = coefs
+        self.factors = factors
+
+        self.clock = 0.0  # t_k
+        self.next_arrival = 0  # id of the next request that has not yet joined
+        self.queue: list[tuple[int, int]] = []  # waiting entries (id, saved position p)
+        self.running: list[list[int]] = []  # [id, p], oldest admission first
+        self.used = 0  # U: KV tokens held at the start of the step
+        self.completed = 0
+        self.preemptions = 0
+
+        self.first_admit = [-1] * self.r
+        self.last_admit = [-1] * self.r
+        self.first_token = [-1] * self.r
+        self.finish = [-1] * self.r
+        self.num_preempted = [0] * self.r
+        self.arrivals_exhausted = False
+        self.backlog_exhausted = False
+
+    # --- small helpers on request ids -------------------------------------------------------
+
+    def mem_of(self, i: int, p: int) -> int:
+        return mem(p, self.s[i], self.chunk)
+
+    def growth_of(self, i: int, p: int) -> int:
+        return growth(p, self.s[i], self.chunk)
+
+    def ever_admitted(self, i: int) -> bool:
+        return self.first_admit[i] >= 0
+
+    # --- step 1 ------------------------------------------------------------------------------
+
+    def arrivals(self, k: int) -> None:
+        """Step 1: append every request with arrival_s <= t_k that has not joined (id order).
+
+        Saturated mode: all requests join at step 0. Also sets ``arrivals_exhausted`` when the
+        buffer is a prefix of an endless stream and the clock has passed its last arrival:
+        t_k > arrival_s[R-1] (strictly greater) at the start of some step k.
+        """
+        if self.saturated:
+            if k == 0:
+                self.queue.extend((i, 0) for i in range(self.r))
+                self.next_arrival = self.r
+            return
+        if not self.stream_ends and (self.r == 0 or self.clock > self.arrival[-1]):
+            self.arrivals_exhausted = True
+        while self.next_arrival < self.r and self.arrival[self.next_arrival] <= self.clock:
+            self.queue.append((self.next_arrival, 0))
+            self.next_arrival += 1
+
+    # --- step 3 ------------------------------------------------------------------------------
+
+    def preempt_overflow(self, planned_growth: int) -> int:
+        """Step 3: while U + growth > M, preempt the newest running request.
+
+        recompute: saved position 0; swap: saved position p. All victims of this step go to the
+        head of ``queue`` in ``running`` order (oldest admitted first), ahead of everything
+        already waiting. Returns the reduced growth.
+        """
+        victims = []  # newest first, as they are taken
+        while self.used + planned_growth > self.m:
+            i, p = self.running.pop()
+            self.used -= self.mem_of(i, p)
+            planned_growth -= self.growth_of(i, p)
+            self.num_preempted[i] += 1
+            self.preemptions += 1
+            victims.append((i, 0 if self.overflow == "recompute" else p))
+        if victims and self.admission == "reserve":
+            raise AssertionError("reserve admission can never overflow")  # pragma: no cover
+        victims.reverse()  # oldest admitted first
+        self.queue[0:0] = victims
+        return planned_growth
+
+    # --- step 4 ------------------------------------------------------------------------------
+
+    def pick_candidate(self) -> int:
+        """Step 4, order policy: the index in ``queue`` of the next candidate.
+
+        fcfs: the head. spf: the head if it was admitted before (a preempted entry); otherwise,
+        among the first W entries of ``queue`` that were never admitted, the smallest prompt,
+        ties to the earlier position.
+        """
+        if self.order == "fcfs":
+            return 0
+        head_id = self.queue[0][0]
+        if self.ever_admitted(head_id):
+            return 0
+        best = None
+        seen = 0
+        for idx, (i, _p) in enumerate(self.queue):
+            if self.ever_admitted(i):
+                continue  # cannot happen (preempted entries sit at the head); kept literal
+            if best is None or self.s[i] < self.s[self.queue[best][0]]:
+                best = idx
+            seen += 1
+            if seen == self.spf_window:
+                break
+        return best
+
+    def admit(self, k: int, planned_growth: int) -> int:
+        """Step 4: admit candidates while they fit; stop at the first that does not.
+
+        need = mem(p+1). current: U + growth + need <= M. reserve: Σ_running (s+o) + (s+o) of
+        the candidate <= M. Returns the increased growth.
+        """
+        while self.queue:
+            idx = self.pick_candidate()
+            i, p = self.queue[idx]
+            if self.admission == "current":
+                need = self.mem_of(i, p + 1)
+                fits = self.used + planned_growth + need <= self.m
+            else:
+                reserved = sum(self.s[j] + self.o[j] for j, _ in self.running)
+                fits = reserved + self.s[i] + self.o[i] <= self.m
+            if not fits:
+                break  # head-of-line blocking in the policy's order
+            del self.queue[idx]
+            self.running.append([i, p])
+            self.used += self.mem_of(i, p)
+            planned_growth += self.growth_of(i, p)
+            if self.first_admit[i] < 0:
+                self.first_admit[i] = k
+            self.last_admit[i] = k
+        return planned_growth
+
+    # --- step 6 ------------------------------------------------------------------------------
+
+    def batch_time_of(self, k: int, prefill: int, decode: int, kv: int) -> float:
+        """Step 6: b_k (float64, evaluated left to right)."""
+        if self.batch_time == "constant":
+            return self.batch_time_s
+        if self.batch_time == "linear":
+            c0, cp, cd, ckv = self.coefs
+            return c0 + cp * float(prefill) + cd * float(decode) + ckv * float(kv)
+        return self.batch_time_s * self.factors[k]
+
+    # --- one step ------------------------------------------------------------------------------
+
+    def step(self, k: int) -> dict:
+        """Steps 1-7 of docs/semantics.md for step k; returns this step's per-step record."""
+        # 1. Arrivals.
+        self.arrivals(k)
+
+        # 2. Plan growth.
+        planned_growth = sum(self.growth_of(i, p) for i, p in self.running)
+
+        # 3. Overflow.
+        planned_growth = self.preempt_overflow(planned_growth)
+
+        # 4. Admission.
+        planned_growth = self.admit(k, planned_growth)
+        queue_len = len(self.queue)
+        if self.saturated and queue_len == 0:
+            self.backlog_exhausted = True
+
+        # 5. Execute.
+        kv = self.used + planned_growth
+        if not 0 <= kv <= self.m:
+            raise AssertionError(f"step {k}: KV_k = {kv} outside [0, M = {self.m}]")
+        prefill = 0
+        decode = 0
+        for entry in self.running:
+            i, p = entry
+            if is_prefill(p, self.s[i], self.chunk):
+                prefill += self.growth_of(i, p)
+            else:
+                decode += 1
+                if p == num_chunks(self.s[i], self.chunk) and self.first_token[i] < 0:
+                    self.first_token[i] = k
+            entry[1] = p + 1
+        self.used = kv
+
+        # 6. Batch time.
+        b = self.batch_time_of(k, prefill, decode, kv)
+        self.clock = self.clock + b
+
+        # 7. Completion.
+        still_running = []
+        for entry in self.running:
+            i, p = entry
+            if p == lifetime(self.s[i], self.o[i], self.chunk):
+                self.used -= self.s[i] + self.o[i]
+                self.finish[i] = k
+                self.completed += 1
+            else:
+                still_running.append(entry)
+        self.running = still_running
+
+        return {
+            "kv": kv,
+            "queue_len": queue_len,
+            "running": len(self.running),
+            "completions_cum": self.completed,
+            "preemptions_cum": self.preemptions,
+            "batch_time": b,
+            "prefill": prefill,
+            "decode": decode,
+        }
+
+
+def simulate(
+    arrival_s,
+    prompt,
+    output,
+    *,
+    kv_capacity_tokens: int,
+    chunk_tokens: int,
+    num_steps: int,
+    stream_ends: bool = False,
+    saturated: bool = False,
+    admission: str = "current",
+    overflow: str = "recompute",
+    order: str = "fcfs",
+    spf_window: int = 32,
+    batch_time: str = "constant",
+    batch_time_s: float = 0.0372,
+    linear_coefs=(0.0, 0.0, 0.0, 0.0),
+    batch_time_factors=None,
+) -> ReferenceResult:
+    """Run the reference simulator for ``num_steps`` steps (docs/semantics.md).
+
+    Args:
+        arrival_s: (R,) non-decreasing finite arrival times, seconds (ignored when
+            ``saturated``; may then be None).
+        prompt, output: (R,) integers s_i >= 1, o_i >= 1 with s_i + o_i <= M.
+        kv_capacity_tokens: M >= 1. chunk_tokens: ŝ >= 1. num_steps: T >= 1.
+        stream_ends: True if the arrays are the whole stream (trace replay).
+        saturated: every request counts as arrived at t = 0.
+        admission: "current" | "reserve". overflow: "recompute" | "swap".
+        order: "fcfs" | "spf"; spf_window: W >= 1.
+        batch_time: "constant" (b̄ = ``batch_time_s``), "linear" (``linear_coefs`` =
+            (c0, c_p, c_d, c_kv), c0 > 0, others >= 0), or "random" (b̄·ξ_k,
+            ``batch_time_factors`` of length >= T, finite and > 0).
+
+    Flags:
+        arrivals_exhausted: not ``stream_ends``, not ``saturated``, and at the start of some
+            step k the clock t_k > arrival_s[R-1] (strictly; with R = 0 at once): the buffer
+            may be missing arrivals that an endless stream would have delivered.
+        backlog_exhausted: ``saturated`` and ``queue`` was empty after some step's admissions
+            (every request admitted at least once and nothing waiting).
+
+    Raises:
+        InputError: naming the field and its allowed range.
+        AssertionError: if the invariant 0 <= KV_k <= M fails (a bug, never expected).
+    """
+    arrival, s, o, coefs, factors = _validate(
+        arrival_s,
+        prompt,
+        output,
+        kv_capacity_tokens,
+        chunk_tokens,
+        num_steps,
+        saturated,
+        admission,
+        overflow,
+        order,
+        spf_window,
+        batch_time,
+        batch_time_s,
+        linear_coefs,
+        batch_time_factors,
+    )
+    steps = int(num_steps)
+    sim = _Simulator(
+        arrival,
+        s,
+        o,
+        m=int(kv_capacity_tokens),
+        chunk=int(chunk_tokens),
+        stream_ends=bool(stream_ends),
+        saturated=bool(saturated),
+        admission=admission,
+        overflow=overflow,
+        order=order,
+        spf_window=int(spf_window),
+        batch_time=batch_time,
+        batch_time_s=float(batch_time_s),
+        coefs=coefs,
+        factors=factors,
+    )
+    records = []
+    clock = [sim.clock]
+    for k in range(steps):
+        records.append(sim.step(k))
+        clock.append(sim.clock)
+
+    def col(key, dtype=np.int64):
+        return np.array([rec[key] for rec in records], dtype=dtype)
+
+    def per_request(values):
+        return np.array(values, dtype=np.int64).reshape(len(s))
+
+    return ReferenceResult(
+        kv_tokens=col("kv"),
+        queue_len=col("queue_len"),
+        running=col("running"),
+        completions_cum=col("completions_cum"),
+        preemptions_cum=col("preemptions_cum"),
+        batch_time_s=col("batch_time", np.float64),
+        clock_s=np.array(clock, dtype=np.float64),
+        prefill_tokens=col("prefill"),
+        decode_tokens=col("decode"),
+        num_arrived=sim.next_arrival,
+        num_completed=sim.completed,
+        num_preemptions=sim.preemptions,
+        final_queue=len(sim.queue),
+        final_running=len(sim.running),
+        first_admit_step=per_request(sim.first_admit),
+        admit_step=per_request(sim.last_admit),
+        first_token_step=per_request(sim.first_token),
+        finish_step=per_request(sim.finish),
+        num_preempted=per_request(sim.num_preempted),
+        flags={
+            "arrivals_exhausted": bool(sim.arrivals_exhausted),
+            "backlog_exhausted": bool(sim.backlog_exhausted),
+        },
+    )

@@ -1,0 +1,609 @@
+"""The vectorized JAX simulator of KV-limited batched decoding (docs/semantics.md).
+
+Design (why it is fast): a step never loops over all running requests. Each trajectory keeps
+
+* a **calendar** (ring of ``cal_len`` steps) of difference arrays: when a request enters the
+  batch its whole future is known (chunked prefill, then one token per step, then it frees
+  s+o), so the step at which its per-step growth changes and the step at which it completes
+  are written once; each step reads one calendar entry. Preempting a request erases its
+  future entries.
+* a **ring of running requests in admission order** (``max_running`` slots): the newest is at
+  the tail, so the preemption victim is found in O(1) (completed requests are trimmed lazily).
+* the **waiting queue** as a stack of preempted requests (top = head of the queue) in front of
+  a window over the arrival buffer (fresh requests, in arrival order).
+
+So one step costs O(1) plus one short loop iteration per preemption or admission. Static sizes
+(ring, stack, calendar, request buffer) are fixed outside jit; hitting any of them sets a flag
+and :func:`simulate` re-runs larger. Counts (arrivals, queue, completions) are exact.
+
+Public entry points: :func:`simulate` (the driver, with validation and automatic re-runs),
+:func:`batch_rollout` (jitted core: vmap over trajectories, ``lax.scan`` over steps).
+λ, M and b̄ are traced per-trajectory arrays: sweeping them does not recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kvstab.errors import InputError, check_number
+from kvstab.workload import Workload
+
+ADMISSIONS = ("current", "reserve")
+OVERFLOWS = ("recompute", "swap")
+ORDERS = ("fcfs", "spf")
+BATCH_TIME_MODELS = ("constant", "linear", "random")
+
+# Flag bits: a set bit means a static cap was hit (results not to be trusted; re-run larger)
+# or a stream ran out.
+FLAG_RING_FULL = 1  # more concurrently running requests than max_running
+FLAG_STACK_FULL = 2  # more waiting preempted requests than max_preempted
+FLAG_ARRIVALS_EXHAUSTED = 4  # clock passed the last buffered arrival of an endless stream
+FLAG_BACKLOG_EXHAUSTED = 8  # saturated run admitted every buffered request
+FLAG_KV_OVER_M = 16  # invariant KV <= M broken (a bug; never expected)
+FLAG_LOOP_LIMIT = 32  # a step needed more preemption/admission iterations than allowed
+FLAG_NAMES = {
+    FLAG_RING_FULL: "ring_full",
+    FLAG_STACK_FULL: "stack_full",
+    FLAG_ARRIVALS_EXHAUSTED: "arrivals_exhausted",
+    FLAG_BACKLOG_EXHAUSTED: "backlog_exhausted",
+    FLAG_KV_OVER_M: "kv_over_capacity",
+    FLAG_LOOP_LIMIT: "loop_limit",
+}
+CAP_FLAGS = FLAG_RING_FULL | FLAG_STACK_FULL | FLAG_LOOP_LIMIT
+
+
+@dataclasses.dataclass(frozen=True)
+class SimConfig:
+    """Static configuration: fixes shapes and code paths (changing it recompiles).
+
+    Attributes:
+        chunk_tokens: chunked-prefill size ŝ.
+        num_steps: steps simulated (T); a multiple of ``block_steps``.
+        block_steps: time-series resolution: outputs are reduced over blocks of this many steps.
+        admission / overflow / order: policies (docs/semantics.md §4, §3).
+        spf_window: W for ``order='spf'``.
+        batch_time_model: ``constant``, ``linear`` or ``random``.
+        saturated: endless backlog (every buffered request waiting at t = 0).
+        stream_ends: the arrival buffer is the whole stream (trace replay), not a prefix.
+        max_running: ring size K (concurrent running requests).
+        max_preempted: stack size S (waiting preempted requests).
+        cal_len: calendar ring length (power of two > longest lifetime).
+        num_records: per-request records are kept for request ids < num_records.
+        max_loop: cap on preemption + admission iterations in one step.
+        record_steps: also emit per-step arrays (KV, queue, batch time, ...) of shape (traj, T).
+    """
+
+    chunk_tokens: int = 512
+    num_steps: int = 4096
+    block_steps: int = 64
+    admission: str = "current"
+    overflow: str = "recompute"
+    order: str = "fcfs"
+    spf_window: int = 32
+    batch_time_model: str = "constant"
+    saturated: bool = False
+    stream_ends: bool = False
+    max_running: int = 512
+    max_preempted: int = 512
+    cal_len: int = 4096
+    num_records: int = 0
+    max_loop: int = 1 << 20
+    record_steps: bool = False
+
+    def validate(self) -> None:
+        check_number("chunk_tokens", self.chunk_tokens, low=1, integer=True)
+        check_number("num_steps", self.num_steps, low=1, integer=True)
+        check_number("block_steps", self.block_steps, low=1, integer=True)
+        if self.num_steps % self.block_steps:
+            raise InputError(
+                "num_steps",
+                f"must be a multiple of block_steps={self.block_steps}, got {self.num_steps}",
+            )
+        for name, value, allowed in (
+            ("admission", self.admission, ADMISSIONS),
+            ("overflow", self.overflow, OVERFLOWS),
+            ("order", self.order, ORDERS),
+            ("batch_time_model", self.batch_time_model, BATCH_TIME_MODELS),
+        ):
+            if value not in allowed:
+                raise InputError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
+        check_number("spf_window", self.spf_window, low=1, integer=True)
+        for name in ("max_running", "max_preempted", "cal_len"):
+            check_number(name, getattr(self, name), low=2, integer=True)
+        if self.cal_len & (self.cal_len - 1):
+            raise InputError("cal_len", f"must be a power of two, got {self.cal_len}")
+        check_number("num_records", self.num_records, low=0, integer=True)
+
+    @property
+    def window(self) -> int:
+        return self.spf_window if self.order == "spf" else 1
+
+
+class SimParams(NamedTuple):
+    """Traced per-trajectory parameters (arrays of shape (traj,) under :func:`batch_rollout`).
+
+    Attributes:
+        kv_capacity_tokens: M, int32.
+        arrival_rate_per_s: λ; arrival time = epoch / λ (replay: 1.0), float32.
+        batch_time_s: b̄ for ``constant`` and ``random`` (b_k = b̄·ξ_k), float32.
+        linear_coefs: (4,) float32 (c₀ s, c_p s/token, c_d s/token, c_kv s/token) for ``linear``.
+    """
+
+    kv_capacity_tokens: jax.Array
+    arrival_rate_per_s: jax.Array
+    batch_time_s: jax.Array
+    linear_coefs: jax.Array
+
+
+class _State(NamedTuple):
+    t: jax.Array  # clock at the start of step k, s
+    k: jax.Array  # step index
+    used: jax.Array  # U: KV held at the start of the step
+    nfull: jax.Array  # requests doing a full ŝ chunk this step
+    ndec: jax.Array  # requests decoding this step
+    once: jax.Array  # this step's last-chunk remainders
+    peak_sum: jax.Array  # Σ (s+o) over running (reserve admission)
+    cal_dfull: jax.Array  # (L,) change of nfull at that step
+    cal_ddec: jax.Array  # (L,) change of ndec
+    cal_once: jax.Array  # (L,) last-chunk remainders due that step
+    cal_free: jax.Array  # (L,) tokens freed by completions at the end of that step
+    cal_ncomp: jax.Array  # (L,) completions at the end of that step
+    ring_id: jax.Array  # (K,) request id by admission sequence (mod K)
+    ring_a0: jax.Array  # (K,) virtual start step a0 (position p = k - a0)
+    ring_end: jax.Array  # (K,) completion step; -1 once preempted
+    tail: jax.Array  # admission sequence number of the next admission
+    n_running: jax.Array
+    stack_id: jax.Array  # (S,) preempted waiting requests; top = head of queue
+    stack_pos: jax.Array  # (S,) saved position (0 under recompute)
+    top: jax.Array
+    win_id: jax.Array  # (W,) fresh waiting requests in the window, -1 = empty
+    p_adm: jax.Array  # next fresh request id not yet in the window
+    p_arr: jax.Array  # requests arrived so far
+    completed: jax.Array
+    preempted: jax.Array
+    max_kv: jax.Array
+    flags: jax.Array
+    rec_first_admit: jax.Array  # (Rr,) records (ids < num_records)
+    rec_admit: jax.Array
+    rec_tok_final: jax.Array  # first-token step confirmed by a later preemption
+    rec_tok_last: jax.Array  # first-token step of the latest admission (tentative)
+    rec_finish: jax.Array  # finish step of the latest admission (tentative); -1 if preempted
+    rec_npre: jax.Array
+
+
+class BlockOut(NamedTuple):
+    """Per-block outputs, shape (traj, block) under :func:`batch_rollout`."""
+
+    mean_kv: jax.Array  # mean KV tokens in use over the block's steps
+    max_kv: jax.Array
+    mean_queue: jax.Array  # mean waiting queue (after admissions)
+    mean_running: jax.Array
+    queue_end: jax.Array  # queue at the block's last step
+    completed: jax.Array  # cumulative completions at the block's end
+    preempted: jax.Array  # cumulative
+    arrived: jax.Array  # cumulative
+    clock_s: jax.Array  # clock at the block's end
+
+
+class StepOut(NamedTuple):
+    """Per-step outputs (only with ``record_steps``), shape (traj, step)."""
+
+    kv_tokens: jax.Array
+    queue_len: jax.Array
+    running: jax.Array
+    completed: jax.Array
+    preempted: jax.Array
+    batch_time_s: jax.Array
+    prefill_tokens: jax.Array
+    decode_tokens: jax.Array
+
+
+def _ceil_div(a, b):
+    return (a + b - 1) // b
+
+
+def _lengths(s, o, chunk):
+    c = _ceil_div(s, chunk)
+    return c, c + o, s - (c - 1) * chunk  # chunks C, lifetime L, last-chunk remainder r
+
+
+def _mem(p, s, c, chunk):
+    """Memory held after p steps of life (docs/semantics.md)."""
+    return jnp.where(p <= c, jnp.minimum(p * chunk, s), s + p - c)
+
+
+def _init_state(cfg: SimConfig, num_requests: int) -> _State:
+    z = jnp.int32(0)
+    L, K, S, W, Rr = (
+        cfg.cal_len,
+        cfg.max_running,
+        cfg.max_preempted,
+        cfg.window,
+        max(cfg.num_records, 1),
+    )
+    zi = lambda n: jnp.zeros((n,), jnp.int32)  # noqa: E731
+    neg = lambda n: jnp.full((n,), -1, jnp.int32)  # noqa: E731
+    return _State(
+        t=jnp.float32(0.0),
+        k=z,
+        used=z,
+        nfull=z,
+        ndec=z,
+        once=z,
+        peak_sum=z,
+        cal_dfull=zi(L),
+        cal_ddec=zi(L),
+        cal_once=zi(L),
+        cal_free=zi(L),
+        cal_ncomp=zi(L),
+        ring_id=zi(K),
+        ring_a0=zi(K),
+        ring_end=neg(K),
+        tail=z,
+        n_running=z,
+        stack_id=zi(S),
+        stack_pos=zi(S),
+        top=z,
+        win_id=neg(W),
+        p_adm=z,
+        p_arr=z,
+        completed=z,
+        preempted=z,
+        max_kv=z,
+        flags=z,
+        rec_first_admit=neg(Rr),
+        rec_admit=neg(Rr),
+        rec_tok_final=neg(Rr),
+        rec_tok_last=neg(Rr),
+        rec_finish=neg(Rr),
+        rec_npre=zi(Rr),
+    )
+
+
+def _step(st: _State, xi, wl: Workload, params: SimParams, cfg: SimConfig):
+    """One batch iteration of one trajectory (docs/semantics.md steps 1–7)."""
+    chunk = cfg.chunk_tokens
+    M = params.kv_capacity_tokens
+    L_mask = cfg.cal_len - 1
+    K = cfg.max_running
+    R = wl.prompt.shape[0]
+    k = st.k
+    at = lambda step: step & L_mask  # noqa: E731  calendar slot of a step
+
+    # Calendar entries for step k (completions are read at the end of the step).
+    i = at(k)
+    st = st._replace(
+        nfull=st.nfull + st.cal_dfull[i],
+        ndec=st.ndec + st.cal_ddec[i],
+        once=st.cal_once[i],
+        cal_dfull=st.cal_dfull.at[i].set(0),
+        cal_ddec=st.cal_ddec.at[i].set(0),
+        cal_once=st.cal_once.at[i].set(0),
+    )
+
+    # 1. Arrivals up to the clock t_k.
+    if cfg.saturated:
+        p_arr = jnp.int32(R)
+    else:
+        arrival_s = wl.arrival_epoch / params.arrival_rate_per_s
+        p_arr = jnp.searchsorted(arrival_s, st.t, side="right", method="scan_unrolled").astype(
+            jnp.int32
+        )
+        if not cfg.stream_ends:
+            exhausted = st.t > arrival_s[R - 1]
+            st = st._replace(flags=st.flags | jnp.where(exhausted, FLAG_ARRIVALS_EXHAUSTED, 0))
+    st = st._replace(p_arr=p_arr)
+    st = _refill_window(st)
+
+    def growth_now(s_):
+        return chunk * s_.nfull + s_.once + s_.ndec
+
+    # 3. Overflow: preempt the newest running request while the planned step exceeds M.
+    def pre_cond(c):
+        s_, n = c
+        return (s_.used + growth_now(s_) > M) & (n < cfg.max_loop)
+
+    def pre_body(c):
+        s_, n = c
+        slot = (s_.tail - 1) % K
+        alive = s_.ring_end[slot] >= k  # completed entries at the tail are just trimmed
+        s_ = _preempt(s_, alive, slot, k, wl, cfg)
+        return s_._replace(tail=s_.tail - 1), n + 1
+
+    if cfg.admission == "current":
+        st, n_pre = jax.lax.while_loop(pre_cond, pre_body, (st, jnp.int32(0)))
+    else:
+        n_pre = jnp.int32(0)
+
+    # 4. Admission in the order policy's order, while the candidate fits.
+    def candidate(s_):
+        from_stack = s_.top > 0
+        sid = s_.stack_id[jnp.maximum(s_.top - 1, 0)]
+        spos = s_.stack_pos[jnp.maximum(s_.top - 1, 0)]
+        wid = s_.win_id
+        valid = wid >= 0
+        if cfg.window == 1:
+            widx = jnp.int32(0)
+        else:
+            sw = jnp.where(valid, wl.prompt[jnp.maximum(wid, 0)], jnp.iinfo(jnp.int32).max)
+            # smallest prompt, ties to the earliest id (ids in the window are distinct)
+            best = jnp.min(sw)
+            widx = jnp.argmin(jnp.where(sw == best, wid, jnp.iinfo(jnp.int32).max)).astype(
+                jnp.int32
+            )
+        cid = jnp.where(from_stack, sid, wid[widx])
+        cpos = jnp.where(from_stack, spos, 0)
+        exists = from_stack | valid[widx]
+        return exists, from_stack, widx, jnp.maximum(cid, 0), cpos
+
+    def fits(s_, cid, cpos):
+        s, o = wl.prompt[cid], wl.output[cid]
+        c, _, _ = _lengths(s, o, chunk)
+        if cfg.admission == "current":
+            need = _mem(cpos + 1, s, c, chunk)
+            ok = s_.used + growth_now(s_) + need <= M
+        else:
+            ok = s_.peak_sum + s + o <= M
+        slot_free = s_.ring_end[s_.tail % K] < k
+        return ok, slot_free
+
+    def adm_cond(c):
+        s_, n, go = c
+        return go & (n < cfg.max_loop)
+
+    def adm_body(c):
+        s_, n, _ = c
+        exists, from_stack, widx, cid, cpos = candidate(s_)
+        ok, slot_free = fits(s_, cid, cpos)
+        admit = exists & ok & slot_free
+        ring_full = exists & ok & ~slot_free
+        s_ = s_._replace(flags=s_.flags | jnp.where(ring_full, FLAG_RING_FULL, 0))
+        s_ = _admit(s_, admit, cid, cpos, from_stack, widx, k, wl, cfg)
+        return s_, n + 1, admit
+
+    st, n_adm, _ = jax.lax.while_loop(adm_cond, adm_body, (st, jnp.int32(0), jnp.bool_(True)))
+    loops = n_pre + n_adm
+    st = st._replace(flags=st.flags | jnp.where(loops >= cfg.max_loop, FLAG_LOOP_LIMIT, 0))
+
+    # 5. Execute the step.
+    prefill_tokens = chunk * st.nfull + st.once
+    decode_tokens = st.ndec
+    kv = st.used + prefill_tokens + decode_tokens
+    queue_len = st.top + jnp.sum(st.win_id >= 0) + (st.p_arr - st.p_adm)
+    over = (kv > M) | (kv < 0)
+    # 6. Batch time.
+    if cfg.batch_time_model == "constant":
+        b = params.batch_time_s
+    elif cfg.batch_time_model == "random":
+        b = params.batch_time_s * xi
+    else:
+        c0, cp, cd, ckv = (
+            params.linear_coefs[0],
+            params.linear_coefs[1],
+            params.linear_coefs[2],
+            params.linear_coefs[3],
+        )
+        b = c0 + cp * prefill_tokens + cd * decode_tokens + ckv * kv
+    # 7. Completions at the end of the step.
+    free, ncomp = st.cal_free[i], st.cal_ncomp[i]
+    backlog_out = cfg.saturated & (queue_len == 0)
+    st = st._replace(
+        used=kv - free,
+        peak_sum=st.peak_sum - free,
+        n_running=st.n_running - ncomp,
+        completed=st.completed + ncomp,
+        cal_free=st.cal_free.at[i].set(0),
+        cal_ncomp=st.cal_ncomp.at[i].set(0),
+        max_kv=jnp.maximum(st.max_kv, kv),
+        flags=st.flags
+        | jnp.where(over, FLAG_KV_OVER_M, 0)
+        | jnp.where(backlog_out, FLAG_BACKLOG_EXHAUSTED, 0),
+        t=st.t + b,
+        k=k + 1,
+    )
+    out = StepOut(
+        kv, queue_len, st.n_running, st.completed, st.preempted, b, prefill_tokens, decode_tokens
+    )
+    return st, out
+
+
+def _refill_window(st: _State) -> _State:
+    """Fill empty window slots with the next arrived fresh requests, in arrival order."""
+    empty = st.win_id < 0
+    rank = jnp.cumsum(empty.astype(jnp.int32)) - 1
+    new_id = st.p_adm + rank
+    fill = empty & (new_id < st.p_arr)
+    return st._replace(
+        win_id=jnp.where(fill, new_id, st.win_id),
+        p_adm=st.p_adm + jnp.sum(fill).astype(jnp.int32),
+    )
+
+
+def _drop(do, idx, size):
+    """Index for a masked scatter: out of range (dropped with mode='drop') when not ``do``."""
+    return jnp.where(do, idx, size)
+
+
+def _admit(st: _State, do, rid, pos, from_stack, widx, k, wl: Workload, cfg: SimConfig) -> _State:
+    """If ``do``: admit request ``rid`` at saved position ``pos`` in step k; write its future."""
+    chunk = cfg.chunk_tokens
+    L, K = cfg.cal_len, cfg.max_running
+    s, o = wl.prompt[rid], wl.output[rid]
+    c, life, r = _lengths(s, o, chunk)
+    a0 = k - pos
+    end = a0 + life - 1  # completion step
+    in_full = pos < c - 1
+    in_last = pos == c - 1
+    in_dec = pos >= c
+    m = L - 1
+    i_last, i_dec, i_dec_end, i_end = (a0 + c - 1) & m, (a0 + c) & m, (a0 + life) & m, end & m
+    di = do.astype(jnp.int32)
+    # Pop from the queue: the stack top, or the window slot (refilled from the arrivals).
+    from_win = do & ~from_stack
+    refill = from_win & (st.p_adm < st.p_arr)
+    W = st.win_id.shape[0]
+    win = st.win_id.at[_drop(from_win, widx, W)].set(jnp.where(refill, st.p_adm, -1), mode="drop")
+    slot = _drop(do, st.tail % K, K)
+    nrec = st.rec_admit.shape[0]
+    ri = _drop(do & (rid < cfg.num_records), rid, nrec)
+    first = st.rec_first_admit[jnp.minimum(ri, nrec - 1)]
+    drop = dict(mode="drop")
+    return st._replace(
+        used=st.used + di * _mem(pos, s, c, chunk),
+        nfull=st.nfull + di * in_full,
+        once=st.once + di * jnp.where(in_last, r, 0),
+        ndec=st.ndec + di * in_dec,
+        peak_sum=st.peak_sum + di * (s + o),
+        cal_dfull=st.cal_dfull.at[_drop(do & in_full, i_last, L)].add(-1, **drop),
+        cal_once=st.cal_once.at[_drop(do & in_full, i_last, L)].add(r, **drop),
+        cal_ddec=st.cal_ddec.at[_drop(do & (pos < c), i_dec, L)]
+        .add(1, **drop)
+        .at[_drop(do, i_dec_end, L)]
+        .add(-1, **drop),
+        cal_free=st.cal_free.at[_drop(do, i_end, L)].add(s + o, **drop),
+        cal_ncomp=st.cal_ncomp.at[_drop(do, i_end, L)].add(1, **drop),
+        ring_id=st.ring_id.at[slot].set(rid, **drop),
+        ring_a0=st.ring_a0.at[slot].set(a0, **drop),
+        ring_end=st.ring_end.at[slot].set(end, **drop),
+        tail=st.tail + di,
+        n_running=st.n_running + di,
+        top=st.top - (do & from_stack).astype(jnp.int32),
+        win_id=win,
+        p_adm=st.p_adm + refill.astype(jnp.int32),
+        rec_first_admit=st.rec_first_admit.at[ri].set(jnp.where(first < 0, k, first), **drop),
+        rec_admit=st.rec_admit.at[ri].set(k, **drop),
+        rec_tok_last=st.rec_tok_last.at[ri].set(a0 + c, **drop),
+        rec_finish=st.rec_finish.at[ri].set(end, **drop),
+    )
+
+
+def _preempt(st: _State, do, slot, k, wl: Workload, cfg: SimConfig) -> _State:
+    """If ``do``: preempt the running request in ring ``slot`` at step k; erase its future."""
+    chunk = cfg.chunk_tokens
+    L, S = cfg.cal_len, cfg.max_preempted
+    rid, a0 = st.ring_id[slot], st.ring_a0[slot]
+    s, o = wl.prompt[rid], wl.output[rid]
+    c, life, r = _lengths(s, o, chunk)
+    p = k - a0
+    end = a0 + life - 1
+    in_full = p < c - 1
+    in_last = p == c - 1
+    in_dec = p >= c
+    m = L - 1
+    i_last, i_dec, i_dec_end, i_end = (a0 + c - 1) & m, (a0 + c) & m, (a0 + life) & m, end & m
+    di = do.astype(jnp.int32)
+    full = do & (st.top >= S)
+    push = _drop(do & ~full, st.top, S)
+    saved = p if cfg.overflow == "swap" else jnp.int32(0)
+    nrec = st.rec_npre.shape[0]
+    ri = _drop(do & (rid < cfg.num_records), rid, nrec)
+    tok_final = st.rec_tok_final[jnp.minimum(ri, nrec - 1)]
+    drop = dict(mode="drop")
+    return st._replace(
+        used=st.used - di * _mem(p, s, c, chunk),
+        nfull=st.nfull - di * in_full,
+        once=st.once - di * jnp.where(in_last, r, 0),
+        ndec=st.ndec - di * in_dec,
+        peak_sum=st.peak_sum - di * (s + o),
+        cal_dfull=st.cal_dfull.at[_drop(do & in_full, i_last, L)].add(1, **drop),
+        cal_once=st.cal_once.at[_drop(do & in_full, i_last, L)].add(-r, **drop),
+        cal_ddec=st.cal_ddec.at[_drop(do & (p < c), i_dec, L)]
+        .add(-1, **drop)
+        .at[_drop(do, i_dec_end, L)]
+        .add(1, **drop),
+        cal_free=st.cal_free.at[_drop(do, i_end, L)].add(-(s + o), **drop),
+        cal_ncomp=st.cal_ncomp.at[_drop(do, i_end, L)].add(-1, **drop),
+        ring_end=st.ring_end.at[_drop(do, slot, st.ring_end.shape[0])].set(-1, **drop),
+        n_running=st.n_running - di,
+        stack_id=st.stack_id.at[push].set(rid, **drop),
+        stack_pos=st.stack_pos.at[push].set(saved, **drop),
+        top=st.top + (do & ~full).astype(jnp.int32),
+        preempted=st.preempted + di,
+        flags=st.flags | jnp.where(full, FLAG_STACK_FULL, 0),
+        rec_npre=st.rec_npre.at[ri].add(1, **drop),
+        rec_tok_final=st.rec_tok_final.at[ri].set(
+            jnp.where((p > c) & (tok_final < 0), a0 + c, tok_final), **drop
+        ),
+        rec_tok_last=st.rec_tok_last.at[ri].set(-1, **drop),
+        rec_finish=st.rec_finish.at[ri].set(-1, **drop),
+    )
+
+
+class RolloutOut(NamedTuple):
+    """Everything one :func:`batch_rollout` call returns (leading dim traj)."""
+
+    blocks: BlockOut
+    steps: StepOut | None
+    final: _State
+
+
+def rollout(wl: Workload, params: SimParams, xi: jax.Array | None, cfg: SimConfig) -> RolloutOut:
+    """One trajectory: ``lax.scan`` over blocks of ``lax.scan`` over steps.
+
+    Args:
+        wl: one trajectory's buffers, shapes (req,).
+        params: scalars.
+        xi: (T,) batch-time factors for the ``random`` model, else None.
+        cfg: static configuration.
+    """
+    nb = cfg.num_steps // cfg.block_steps
+    xs = None if xi is None else xi.reshape(nb, cfg.block_steps)
+
+    def one_step(carry, x):
+        st, acc_kv, acc_q, acc_run, mx, _ = carry
+        st, out = _step(st, x, wl, params, cfg)
+        carry = (
+            st,
+            acc_kv + out.kv_tokens.astype(jnp.float32),
+            acc_q + out.queue_len.astype(jnp.float32),
+            acc_run + out.running.astype(jnp.float32),
+            jnp.maximum(mx, out.kv_tokens),
+            out.queue_len,
+        )
+        return carry, (out if cfg.record_steps else None)
+
+    def one_block(st, x):
+        z = jnp.float32(0)
+        (st, acc_kv, acc_q, acc_run, mx, qlast), recs = jax.lax.scan(
+            one_step, (st, z, z, z, jnp.int32(0), jnp.int32(0)), x, length=cfg.block_steps
+        )
+        n = jnp.float32(cfg.block_steps)
+        blk = BlockOut(
+            acc_kv / n,
+            mx,
+            acc_q / n,
+            acc_run / n,
+            qlast,
+            st.completed,
+            st.preempted,
+            st.p_arr,
+            st.t,
+        )
+        return st, (blk, recs)
+
+    st, (blocks, recs) = jax.lax.scan(
+        one_block, _init_state(cfg, wl.prompt.shape[0]), xs, length=nb
+    )
+    steps = None
+    if cfg.record_steps:
+        steps = jax.tree_util.tree_map(lambda x: x.reshape((cfg.num_steps,) + x.shape[2:]), recs)
+    return RolloutOut(blocks, steps, st)
+
+
+def batch_rollout(
+    wl: Workload, params: SimParams, xi: jax.Array | None, cfg: SimConfig
+) -> RolloutOut:
+    """vmap of :func:`rollout` over trajectories, jitted once per static config."""
+    return _batch_rollout_jit(wl, params, xi, cfg)
+
+
+def _batch_rollout_impl(wl, params, xi, cfg):
+    in_axes = (0, 0, None if xi is None else 0, None)
+    return jax.vmap(rollout, in_axes=in_axes)(wl, params, xi, cfg)
+
+
+_batch_rollout_jit = jax.jit(_batch_rollout_impl, static_argnums=(3,))
