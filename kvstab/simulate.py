@@ -264,131 +264,108 @@ def _init_state(cfg: SimConfig, num_requests: int) -> _State:
     )
 
 
-def _step(st: _State, xi, wl: Workload, params: SimParams, cfg: SimConfig):
-    """One batch iteration of one trajectory (docs/semantics.md steps 1–7)."""
-    chunk = cfg.chunk_tokens
-    M = params.kv_capacity_tokens
-    L_mask = cfg.cal_len - 1
-    K = cfg.max_running
-    R = wl.prompt.shape[0]
-    k = st.k
-    at = lambda step: step & L_mask  # noqa: E731  calendar slot of a step
+def _growth(st: _State, chunk: int):
+    """Planned KV growth of the running requests in this step."""
+    return chunk * st.nfull + st.once + st.ndec
 
-    # Calendar entries for step k (completions are read at the end of the step).
-    i = at(k)
+
+def _begin(st: _State, wl: Workload, params: SimParams, cfg: SimConfig) -> _State:
+    """Read step k's calendar entries; docs/semantics.md step 1 (arrivals)."""
+    R = wl.prompt.shape[0]
+    i = st.k & (cfg.cal_len - 1)
+    # Read now, clear in _finish: clearing before the preemption/admission loops makes XLA
+    # copy the whole calendar every step. Nothing writes this step's slot of these three
+    # arrays in between (every event they record lies strictly after step k).
+    # Completions of step k-1 were read in its _finish; clear them here, where no read of
+    # the same array precedes the write (again to keep the update in place). No event can
+    # land in that slot meanwhile: lifetimes are shorter than the calendar.
+    prev = (st.k - 1) & (cfg.cal_len - 1)
     st = st._replace(
         nfull=st.nfull + st.cal_dfull[i],
         ndec=st.ndec + st.cal_ddec[i],
         once=st.cal_once[i],
-        cal_dfull=st.cal_dfull.at[i].set(0),
-        cal_ddec=st.cal_ddec.at[i].set(0),
-        cal_once=st.cal_once.at[i].set(0),
+        cal_free=st.cal_free.at[prev].set(0),
+        cal_ncomp=st.cal_ncomp.at[prev].set(0),
     )
-
-    # 1. Arrivals up to the clock t_k.
     if cfg.saturated:
         p_arr = jnp.int32(R)
     else:
         arrival_s = wl.arrival_epoch / params.arrival_rate_per_s
-        p_arr = jnp.searchsorted(arrival_s, st.t, side="right", method="scan_unrolled").astype(
-            jnp.int32
-        )
+        p_arr = jnp.searchsorted(arrival_s, st.t, side="right", method="scan_unrolled")
         if not cfg.stream_ends:
             exhausted = st.t > arrival_s[R - 1]
             st = st._replace(flags=st.flags | jnp.where(exhausted, FLAG_ARRIVALS_EXHAUSTED, 0))
-    st = st._replace(p_arr=p_arr)
-    st = _refill_window(st)
+    return _refill_window(st._replace(p_arr=p_arr.astype(jnp.int32)))
 
-    def growth_now(s_):
-        return chunk * s_.nfull + s_.once + s_.ndec
 
-    # 3. Overflow: preempt the newest running request while the planned step exceeds M.
-    def pre_cond(c):
-        s_, n = c
-        return (s_.used + growth_now(s_) > M) & (n < cfg.max_loop)
+def _overflowing(st: _State, params: SimParams, cfg: SimConfig):
+    return st.used + _growth(st, cfg.chunk_tokens) > params.kv_capacity_tokens
 
-    def pre_body(c):
-        s_, n = c
-        slot = (s_.tail - 1) % K
-        alive = s_.ring_end[slot] >= k  # completed entries at the tail are just trimmed
-        s_ = _preempt(s_, alive, slot, k, wl, cfg)
-        return s_._replace(tail=s_.tail - 1), n + 1
 
-    if cfg.admission == "current":
-        st, n_pre = jax.lax.while_loop(pre_cond, pre_body, (st, jnp.int32(0)))
+def _preempt_iter(st: _State, wl: Workload, params: SimParams, cfg: SimConfig) -> _State:
+    """Step 3, one iteration: if overflowing, preempt (or trim, if completed) the ring's tail."""
+    active = _overflowing(st, params, cfg)
+    slot = (st.tail - 1) % cfg.max_running
+    alive = st.ring_end[slot] >= st.k  # completed entries at the tail are just trimmed
+    st = _preempt(st, active & alive, slot, st.k, wl, cfg)
+    return st._replace(tail=st.tail - active.astype(jnp.int32))
+
+
+def _candidate(st: _State, wl: Workload, cfg: SimConfig):
+    """Step 4: the order policy's next candidate (id, saved position)."""
+    from_stack = st.top > 0
+    sid = st.stack_id[jnp.maximum(st.top - 1, 0)]
+    spos = st.stack_pos[jnp.maximum(st.top - 1, 0)]
+    wid = st.win_id
+    valid = wid >= 0
+    big = jnp.iinfo(jnp.int32).max
+    if cfg.window == 1:
+        widx = jnp.int32(0)
     else:
-        n_pre = jnp.int32(0)
+        # smallest prompt, ties to the earliest id (= earliest queue position)
+        sw = jnp.where(valid, wl.prompt[jnp.maximum(wid, 0)], big)
+        widx = jnp.argmin(jnp.where(sw == jnp.min(sw), wid, big)).astype(jnp.int32)
+    cid = jnp.where(from_stack, sid, wid[widx])
+    cpos = jnp.where(from_stack, spos, 0)
+    exists = from_stack | valid[widx]
+    return exists, from_stack, widx, jnp.maximum(cid, 0), cpos
 
-    # 4. Admission in the order policy's order, while the candidate fits.
-    def candidate(s_):
-        from_stack = s_.top > 0
-        sid = s_.stack_id[jnp.maximum(s_.top - 1, 0)]
-        spos = s_.stack_pos[jnp.maximum(s_.top - 1, 0)]
-        wid = s_.win_id
-        valid = wid >= 0
-        if cfg.window == 1:
-            widx = jnp.int32(0)
-        else:
-            sw = jnp.where(valid, wl.prompt[jnp.maximum(wid, 0)], jnp.iinfo(jnp.int32).max)
-            # smallest prompt, ties to the earliest id (ids in the window are distinct)
-            best = jnp.min(sw)
-            widx = jnp.argmin(jnp.where(sw == best, wid, jnp.iinfo(jnp.int32).max)).astype(
-                jnp.int32
-            )
-        cid = jnp.where(from_stack, sid, wid[widx])
-        cpos = jnp.where(from_stack, spos, 0)
-        exists = from_stack | valid[widx]
-        return exists, from_stack, widx, jnp.maximum(cid, 0), cpos
 
-    def fits(s_, cid, cpos):
-        s, o = wl.prompt[cid], wl.output[cid]
-        c, _, _ = _lengths(s, o, chunk)
-        if cfg.admission == "current":
-            need = _mem(cpos + 1, s, c, chunk)
-            ok = s_.used + growth_now(s_) + need <= M
-        else:
-            ok = s_.peak_sum + s + o <= M
-        slot_free = s_.ring_end[s_.tail % K] < k
-        return ok, slot_free
+def _admit_iter(st: _State, go, wl: Workload, params: SimParams, cfg: SimConfig):
+    """Step 4, one iteration: admit the candidate if it fits (and ``go``); return admitted."""
+    chunk = cfg.chunk_tokens
+    K = cfg.max_running
+    exists, from_stack, widx, cid, cpos = _candidate(st, wl, cfg)
+    s, o = wl.prompt[cid], wl.output[cid]
+    c = _ceil_div(s, chunk)
+    if cfg.admission == "current":
+        need = _mem(cpos + 1, s, c, chunk)
+        ok = st.used + _growth(st, chunk) + need <= params.kv_capacity_tokens
+    else:
+        ok = st.peak_sum + s + o <= params.kv_capacity_tokens
+    slot_free = st.ring_end[st.tail % K] < st.k
+    want = go & exists & ok
+    admit = want & slot_free
+    st = st._replace(flags=st.flags | jnp.where(want & ~slot_free, FLAG_RING_FULL, 0))
+    return _admit(st, admit, cid, cpos, from_stack, widx, st.k, wl, cfg), admit
 
-    def adm_cond(c):
-        s_, n, go = c
-        return go & (n < cfg.max_loop)
 
-    def adm_body(c):
-        s_, n, _ = c
-        exists, from_stack, widx, cid, cpos = candidate(s_)
-        ok, slot_free = fits(s_, cid, cpos)
-        admit = exists & ok & slot_free
-        ring_full = exists & ok & ~slot_free
-        s_ = s_._replace(flags=s_.flags | jnp.where(ring_full, FLAG_RING_FULL, 0))
-        s_ = _admit(s_, admit, cid, cpos, from_stack, widx, k, wl, cfg)
-        return s_, n + 1, admit
-
-    st, n_adm, _ = jax.lax.while_loop(adm_cond, adm_body, (st, jnp.int32(0), jnp.bool_(True)))
-    loops = n_pre + n_adm
-    st = st._replace(flags=st.flags | jnp.where(loops >= cfg.max_loop, FLAG_LOOP_LIMIT, 0))
-
-    # 5. Execute the step.
-    prefill_tokens = chunk * st.nfull + st.once
+def _finish(st: _State, xi, params: SimParams, cfg: SimConfig):
+    """Steps 5–7: execute, batch time, completions."""
+    M = params.kv_capacity_tokens
+    i = st.k & (cfg.cal_len - 1)
+    prefill_tokens = cfg.chunk_tokens * st.nfull + st.once
     decode_tokens = st.ndec
     kv = st.used + prefill_tokens + decode_tokens
     queue_len = st.top + jnp.sum(st.win_id >= 0) + (st.p_arr - st.p_adm)
     over = (kv > M) | (kv < 0)
-    # 6. Batch time.
     if cfg.batch_time_model == "constant":
         b = params.batch_time_s
     elif cfg.batch_time_model == "random":
         b = params.batch_time_s * xi
     else:
-        c0, cp, cd, ckv = (
-            params.linear_coefs[0],
-            params.linear_coefs[1],
-            params.linear_coefs[2],
-            params.linear_coefs[3],
-        )
-        b = c0 + cp * prefill_tokens + cd * decode_tokens + ckv * kv
-    # 7. Completions at the end of the step.
+        c0, cp, cd, ckv = (params.linear_coefs[j] for j in range(4))
+        b = ((c0 + cp * prefill_tokens) + cd * decode_tokens) + ckv * kv
     free, ncomp = st.cal_free[i], st.cal_ncomp[i]
     backlog_out = cfg.saturated & (queue_len == 0)
     st = st._replace(
@@ -396,19 +373,64 @@ def _step(st: _State, xi, wl: Workload, params: SimParams, cfg: SimConfig):
         peak_sum=st.peak_sum - free,
         n_running=st.n_running - ncomp,
         completed=st.completed + ncomp,
-        cal_free=st.cal_free.at[i].set(0),
-        cal_ncomp=st.cal_ncomp.at[i].set(0),
+        cal_dfull=st.cal_dfull.at[i].set(0),
+        cal_ddec=st.cal_ddec.at[i].set(0),
+        cal_once=st.cal_once.at[i].set(0),
         max_kv=jnp.maximum(st.max_kv, kv),
         flags=st.flags
         | jnp.where(over, FLAG_KV_OVER_M, 0)
         | jnp.where(backlog_out, FLAG_BACKLOG_EXHAUSTED, 0),
         t=st.t + b,
-        k=k + 1,
+        k=st.k + 1,
     )
     out = StepOut(
         kv, queue_len, st.n_running, st.completed, st.preempted, b, prefill_tokens, decode_tokens
     )
     return st, out
+
+
+def _batch_step(st: _State, xi, wl: Workload, params: SimParams, cfg: SimConfig):
+    """One batch iteration of every trajectory (docs/semantics.md steps 1–7).
+
+    The per-trajectory pieces are vmapped; the preemption and admission loops run at the batch
+    level (``any`` over trajectories) with masked bodies. A vmapped ``while_loop`` would
+    instead select between old and new carries, copying every calendar each iteration.
+    """
+    vm = lambda f, *axes: jax.vmap(f, in_axes=axes)  # noqa: E731
+    st = vm(lambda s, w, p: _begin(s, w, p, cfg), 0, 0, 0)(st, wl, params)
+
+    def pre_cond(c):
+        s, n = c
+        return jnp.any(vm(lambda s_, p: _overflowing(s_, p, cfg), 0, 0)(s, params)) & (
+            n < cfg.max_loop
+        )
+
+    def pre_body(c):
+        s, n = c
+        return vm(lambda s_, w, p: _preempt_iter(s_, w, p, cfg), 0, 0, 0)(s, wl, params), n + 1
+
+    n_pre = jnp.int32(0)
+    if cfg.admission == "current":
+        st, n_pre = jax.lax.while_loop(pre_cond, pre_body, (st, n_pre))
+
+    def adm_cond(c):
+        _, go, n = c
+        return jnp.any(go) & (n < cfg.max_loop)
+
+    def adm_body(c):
+        s, go, n = c
+        s, admitted = vm(lambda s_, g, w, p: _admit_iter(s_, g, w, p, cfg), 0, 0, 0, 0)(
+            s, go, wl, params
+        )
+        return s, go & admitted, n + 1
+
+    go0 = jnp.ones(st.k.shape, jnp.bool_)
+    st, go, n_adm = jax.lax.while_loop(adm_cond, adm_body, (st, go0, jnp.int32(0)))
+    still = vm(lambda s_, p: _overflowing(s_, p, cfg), 0, 0)(st, params) | go
+    hit = (n_pre >= cfg.max_loop) | (n_adm >= cfg.max_loop)
+    st = st._replace(flags=st.flags | jnp.where(hit & still, FLAG_LOOP_LIMIT, 0))
+    xi_axis = None if xi is None else 0
+    return vm(lambda s, x, p: _finish(s, x, p, cfg), 0, xi_axis, 0)(st, xi, params)
 
 
 def _refill_window(st: _State) -> _State:
@@ -541,42 +563,57 @@ class RolloutOut(NamedTuple):
     final: _State
 
 
-def rollout(wl: Workload, params: SimParams, xi: jax.Array | None, cfg: SimConfig) -> RolloutOut:
-    """One trajectory: ``lax.scan`` over blocks of ``lax.scan`` over steps.
+def batch_rollout(
+    wl: Workload, params: SimParams, xi: jax.Array | None, cfg: SimConfig
+) -> RolloutOut:
+    """Simulate every trajectory: ``lax.scan`` over blocks of ``lax.scan`` over steps.
+
+    Jitted once per static ``cfg``; λ, M, b̄ (``params``) and the workload are traced.
 
     Args:
-        wl: one trajectory's buffers, shapes (req,).
-        params: scalars.
-        xi: (T,) batch-time factors for the ``random`` model, else None.
+        wl: request buffers, shapes (traj, req).
+        params: per-trajectory parameters, shapes (traj,) ((traj, 4) for linear_coefs).
+        xi: (traj, T) batch-time factors for the ``random`` model, else None.
         cfg: static configuration.
+
+    Returns:
+        RolloutOut with blocks (traj, block), steps (traj, T) if ``cfg.record_steps``, and the
+        final state (traj, ...).
     """
+    return _batch_rollout_jit(wl, params, xi, cfg)
+
+
+def _batch_rollout_impl(wl, params, xi, cfg):
+    n = wl.prompt.shape[0]
     nb = cfg.num_steps // cfg.block_steps
-    xs = None if xi is None else xi.reshape(nb, cfg.block_steps)
+    xs = None if xi is None else jnp.swapaxes(xi, 0, 1).reshape(nb, cfg.block_steps, n)
+    st0 = jax.vmap(lambda _: _init_state(cfg, wl.prompt.shape[1]))(jnp.arange(n))
+    f32 = jnp.float32
 
     def one_step(carry, x):
         st, acc_kv, acc_q, acc_run, mx, _ = carry
-        st, out = _step(st, x, wl, params, cfg)
+        st, out = _batch_step(st, x, wl, params, cfg)
         carry = (
             st,
-            acc_kv + out.kv_tokens.astype(jnp.float32),
-            acc_q + out.queue_len.astype(jnp.float32),
-            acc_run + out.running.astype(jnp.float32),
+            acc_kv + out.kv_tokens.astype(f32),
+            acc_q + out.queue_len.astype(f32),
+            acc_run + out.running.astype(f32),
             jnp.maximum(mx, out.kv_tokens),
             out.queue_len,
         )
         return carry, (out if cfg.record_steps else None)
 
     def one_block(st, x):
-        z = jnp.float32(0)
+        zf, zi = jnp.zeros(n, f32), jnp.zeros(n, jnp.int32)
         (st, acc_kv, acc_q, acc_run, mx, qlast), recs = jax.lax.scan(
-            one_step, (st, z, z, z, jnp.int32(0), jnp.int32(0)), x, length=cfg.block_steps
+            one_step, (st, zf, zf, zf, zi, zi), x, length=cfg.block_steps
         )
-        n = jnp.float32(cfg.block_steps)
+        m = f32(cfg.block_steps)
         blk = BlockOut(
-            acc_kv / n,
+            acc_kv / m,
             mx,
-            acc_q / n,
-            acc_run / n,
+            acc_q / m,
+            acc_run / m,
             qlast,
             st.completed,
             st.preempted,
@@ -585,25 +622,15 @@ def rollout(wl: Workload, params: SimParams, xi: jax.Array | None, cfg: SimConfi
         )
         return st, (blk, recs)
 
-    st, (blocks, recs) = jax.lax.scan(
-        one_block, _init_state(cfg, wl.prompt.shape[0]), xs, length=nb
-    )
+    st, (blocks, recs) = jax.lax.scan(one_block, st0, xs, length=nb)
+    swap = lambda x: jnp.moveaxis(x, 0, 1)  # noqa: E731  (block, traj) -> (traj, block)
+    blocks = jax.tree_util.tree_map(swap, blocks)
     steps = None
     if cfg.record_steps:
-        steps = jax.tree_util.tree_map(lambda x: x.reshape((cfg.num_steps,) + x.shape[2:]), recs)
+        steps = jax.tree_util.tree_map(
+            lambda x: jnp.moveaxis(x.reshape((cfg.num_steps, n)), 0, 1), recs
+        )
     return RolloutOut(blocks, steps, st)
-
-
-def batch_rollout(
-    wl: Workload, params: SimParams, xi: jax.Array | None, cfg: SimConfig
-) -> RolloutOut:
-    """vmap of :func:`rollout` over trajectories, jitted once per static config."""
-    return _batch_rollout_jit(wl, params, xi, cfg)
-
-
-def _batch_rollout_impl(wl, params, xi, cfg):
-    in_axes = (0, 0, None if xi is None else 0, None)
-    return jax.vmap(rollout, in_axes=in_axes)(wl, params, xi, cfg)
 
 
 _batch_rollout_jit = jax.jit(_batch_rollout_impl, static_argnums=(3,))
