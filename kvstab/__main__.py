@@ -1,3 +1,4 @@
 from kvstab.cli import main
 import sys
+
 sys.exit(main())

@@ -43,14 +43,20 @@ def check_number(
         return
     x = float(value)
     if math.isnan(x) or math.isinf(x):
-        raise InputError(field, f"must be a finite number{_range(low, high, low_open, high_open)}, got {value}")
+        raise InputError(
+            field, f"must be a finite number{_range(low, high, low_open, high_open)}, got {value}"
+        )
     if integer and x != int(x):
-        raise InputError(field, f"must be an integer{_range(low, high, low_open, high_open)}, got {value}")
+        raise InputError(
+            field, f"must be an integer{_range(low, high, low_open, high_open)}, got {value}"
+        )
     bad_low = low is not None and (x <= low if low_open else x < low)
     bad_high = high is not None and (x >= high if high_open else x > high)
     if bad_low or bad_high:
         kind = "an integer" if integer else "a number"
-        raise InputError(field, f"must be {kind}{_range(low, high, low_open, high_open)}, got {value}")
+        raise InputError(
+            field, f"must be {kind}{_range(low, high, low_open, high_open)}, got {value}"
+        )
 
 
 def _range(low, high, low_open, high_open) -> str:

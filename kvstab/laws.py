@@ -211,7 +211,9 @@ class Geometric(LengthLaw):
             # (1-p)^N < TAIL_MASS  <=>  N > log(TAIL_MASS) / log(1-p)
             n = int(math.ceil(math.log(TAIL_MASS) / math.log1p(-p))) if p < 1 else 1
             if n > MAX_SUMMATION_POINTS:
-                raise InputError("mean", f"geometric mean {m:g} too large to sum exactly; add a cap")
+                raise InputError(
+                    "mean", f"geometric mean {m:g} too large to sum exactly; add a cap"
+                )
         object.__setattr__(self, "_truncation", max(n, 1))
 
     @property
@@ -322,7 +324,9 @@ class Empirical(LengthLaw):
             raise InputError("values", "must be a non-empty 1-D list of lengths")
         if not np.all(np.isfinite(v)) or np.any(v < 1) or np.any(v != np.round(v)):
             bad = int(np.flatnonzero(~np.isfinite(v) | (v < 1) | (v != np.round(v)))[0])
-            raise InputError("values", f"lengths must be integers >= 1, got {v[bad]} at index {bad}")
+            raise InputError(
+                "values", f"lengths must be integers >= 1, got {v[bad]} at index {bad}"
+            )
         uniq, inv = np.unique(v.astype(np.int64), return_inverse=True)
         w = np.ones(v.size) if self.weights is None else np.asarray(self.weights, float)
         if w.shape != v.shape or np.any(~np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:

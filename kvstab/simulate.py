@@ -24,11 +24,15 @@ Public entry points: :func:`simulate` (the driver, with validation and automatic
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+import math
+import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from kvstab import SIM_SEMANTICS_VERSION
 from kvstab.errors import InputError, check_number
 from kvstab.workload import Workload
 
@@ -140,7 +144,8 @@ class SimParams(NamedTuple):
 
 
 class _State(NamedTuple):
-    t: jax.Array  # clock at the start of step k, s
+    t: jax.Array  # clock at the start of step k, s (float32, Kahan-compensated)
+    t_comp: jax.Array  # Kahan compensation of the clock sum
     k: jax.Array  # step index
     used: jax.Array  # U: KV held at the start of the step
     nfull: jax.Array  # requests doing a full ŝ chunk this step
@@ -229,6 +234,7 @@ def _init_state(cfg: SimConfig, num_requests: int) -> _State:
     neg = lambda n: jnp.full((n,), -1, jnp.int32)  # noqa: E731
     return _State(
         t=jnp.float32(0.0),
+        t_comp=jnp.float32(0.0),
         k=z,
         used=z,
         nfull=z,
@@ -367,6 +373,9 @@ def _finish(st: _State, xi, params: SimParams, cfg: SimConfig):
         c0, cp, cd, ckv = (params.linear_coefs[j] for j in range(4))
         b = ((c0 + cp * prefill_tokens) + cd * decode_tokens) + ckv * kv
     free, ncomp = st.cal_free[i], st.cal_ncomp[i]
+    # Kahan summation: a float32 running sum of a fixed b̄ would drift by ~0.3 % at t ~ 5000 s.
+    y = b - st.t_comp
+    t_next = st.t + y
     backlog_out = cfg.saturated & (queue_len == 0)
     st = st._replace(
         used=kv - free,
@@ -380,7 +389,8 @@ def _finish(st: _State, xi, params: SimParams, cfg: SimConfig):
         flags=st.flags
         | jnp.where(over, FLAG_KV_OVER_M, 0)
         | jnp.where(backlog_out, FLAG_BACKLOG_EXHAUSTED, 0),
-        t=st.t + b,
+        t=t_next,
+        t_comp=(t_next - st.t) - y,
         k=st.k + 1,
     )
     out = StepOut(
@@ -564,30 +574,43 @@ class RolloutOut(NamedTuple):
 
 
 def batch_rollout(
-    wl: Workload, params: SimParams, xi: jax.Array | None, cfg: SimConfig
+    wl: Workload,
+    params: SimParams,
+    xi: jax.Array | None,
+    cfg: SimConfig,
+    state: _State | None = None,
 ) -> RolloutOut:
     """Simulate every trajectory: ``lax.scan`` over blocks of ``lax.scan`` over steps.
 
-    Jitted once per static ``cfg``; λ, M, b̄ (``params``) and the workload are traced.
+    Jitted once per static ``cfg``; λ, M, b̄ (``params``) and the workload are traced, so a
+    sweep over them does not recompile.
 
     Args:
         wl: request buffers, shapes (traj, req).
         params: per-trajectory parameters, shapes (traj,) ((traj, 4) for linear_coefs).
-        xi: (traj, T) batch-time factors for the ``random`` model, else None.
+        xi: (traj, cfg.num_steps) batch-time factors for the ``random`` model, else None.
         cfg: static configuration.
+        state: a previous call's ``final`` state to continue from (segmented runs); None
+            starts an empty system at t = 0.
 
     Returns:
         RolloutOut with blocks (traj, block), steps (traj, T) if ``cfg.record_steps``, and the
         final state (traj, ...).
     """
-    return _batch_rollout_jit(wl, params, xi, cfg)
+    if state is None:
+        state = init_state(cfg, wl.prompt.shape[0])
+    return _batch_rollout_jit(wl, params, xi, state, cfg)
 
 
-def _batch_rollout_impl(wl, params, xi, cfg):
+def init_state(cfg: SimConfig, num_trajectories: int) -> _State:
+    """An empty system at t = 0 for every trajectory."""
+    return jax.vmap(lambda _: _init_state(cfg, 0))(jnp.arange(num_trajectories))
+
+
+def _batch_rollout_impl(wl, params, xi, st0, cfg):
     n = wl.prompt.shape[0]
     nb = cfg.num_steps // cfg.block_steps
     xs = None if xi is None else jnp.swapaxes(xi, 0, 1).reshape(nb, cfg.block_steps, n)
-    st0 = jax.vmap(lambda _: _init_state(cfg, wl.prompt.shape[1]))(jnp.arange(n))
     f32 = jnp.float32
 
     def one_step(carry, x):
@@ -633,4 +656,519 @@ def _batch_rollout_impl(wl, params, xi, cfg):
     return RolloutOut(blocks, steps, st)
 
 
-_batch_rollout_jit = jax.jit(_batch_rollout_impl, static_argnums=(3,))
+_batch_rollout_jit = jax.jit(_batch_rollout_impl, static_argnums=(4,))
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver: validation, sizing, automatic re-runs, segments with progress, metrics.
+
+
+@dataclasses.dataclass
+class SimResult:
+    """What :func:`simulate` returns. Arrays are numpy; (traj, block) time series are summed
+    over replicas (clock: replica 0's).
+
+    Attributes:
+        config: everything needed to reproduce the run (workload, system, policies, sizes,
+            seed, kvstab version, SIM_SEMANTICS_VERSION).
+        clock_s: (traj, block) clock at each block's end.
+        queue: (traj, block) mean waiting queue over the block.
+        queue_end: (traj, block) queue at the block's last step.
+        running: (traj, block) mean running requests.
+        kv_tokens: (traj, block) mean KV tokens in use (per replica mean of the sum).
+        max_kv_tokens: (traj, replica) max KV in use over the run.
+        completed, preempted, arrived: (traj, block) cumulative counts.
+        flags: (traj,) names of raised flags (see FLAG_NAMES), empty when clean.
+        records: per-request times (seconds; nan where it did not happen), (traj·replica, req).
+        steps: per-step arrays when requested.
+        warmup_blocks: leading blocks excluded from steady-state statistics.
+        wall_s: seconds spent simulating (all attempts), compile included.
+    """
+
+    config: dict
+    clock_s: np.ndarray
+    queue: np.ndarray
+    queue_end: np.ndarray
+    running: np.ndarray
+    kv_tokens: np.ndarray
+    max_kv_tokens: np.ndarray
+    completed: np.ndarray
+    preempted: np.ndarray
+    arrived: np.ndarray
+    flags: list
+    records: dict | None
+    steps: dict | None
+    warmup_blocks: int
+    wall_s: float
+    attempts: int = 1
+
+    @property
+    def num_trajectories(self) -> int:
+        return int(self.clock_s.shape[0])
+
+    def throughput_per_traj(self) -> np.ndarray:
+        """Completions per second after warm-up, per trajectory (summed over replicas)."""
+        from kvstab import metrics
+
+        return metrics.throughput_per_traj(self.completed, self.clock_s, self.warmup_blocks)
+
+    def queue_slope_per_traj(self) -> np.ndarray:
+        """Growth rate of the waiting queue after warm-up, requests/s, per trajectory."""
+        from kvstab import metrics
+
+        w = self.warmup_blocks
+        return metrics.slope_per_traj(self.queue_end[:, w:], self.clock_s[:, w:])
+
+    def summary(self) -> dict:
+        """The numbers ``kvstab simulate --json`` prints."""
+        from kvstab import metrics
+
+        w = self.warmup_blocks
+        thr = self.throughput_per_traj()
+        if thr.size >= 2:
+            m, lo, hi = metrics.mean_ci(thr)
+            ci_method = "t interval over trajectories"
+        else:
+            dc = np.diff(self.completed[0, w - 1 :] if w > 0 else np.r_[0, self.completed[0]])
+            dt = np.diff(self.clock_s[0, w - 1 :] if w > 0 else np.r_[0, self.clock_s[0]])
+            m, lo, hi = metrics.batch_means_ci(dc / dt)
+            m = float(thr[0])
+            ci_method = "batch means over one trajectory"
+        slope = self.queue_slope_per_traj()
+        s_m, s_lo, s_hi = (
+            metrics.mean_ci(slope) if slope.size >= 2 else (float(slope[0]), math.nan, math.nan)
+        )
+        comp = self.completed[:, -1].sum()
+        out = {
+            "throughput_per_s": m,
+            "throughput_ci": [lo, hi],
+            "throughput_ci_method": ci_method,
+            "mean_kv_tokens": float(self.kv_tokens[:, w:].mean()),
+            "max_kv_tokens": int(self.max_kv_tokens.max()),
+            "preemptions_per_completion": float(self.preempted[:, -1].sum() / comp)
+            if comp
+            else math.nan,
+            "mean_queue": float(self.queue[:, w:].mean()),
+            "final_queue": float(self.queue_end[:, -1].mean()),
+            "queue_slope_per_s": s_m,
+            "queue_slope_ci": [s_lo, s_hi],
+            "completed": int(comp),
+            "arrived": int(self.arrived[:, -1].sum()),
+            "simulated_s": float(self.clock_s[:, -1].mean()),
+            "warmup_s": float(self.clock_s[:, w - 1].mean()) if w > 0 else 0.0,
+            "flags": sorted({f for fl in self.flags for f in fl}),
+            "wall_s": self.wall_s,
+        }
+        if self.records is not None:
+            r = self.records
+            out["wait_s"] = metrics.quantiles(r["wait_s"])
+            out["ttft_s"] = metrics.quantiles(r["ttft_s"])
+            out["latency_s"] = metrics.quantiles(r["latency_s"])
+        return out
+
+
+def _next_pow2(x: float) -> int:
+    return 1 << max(1, int(math.ceil(math.log2(max(x, 2)))))
+
+
+def _flag_names(bits: int) -> list[str]:
+    return [name for bit, name in FLAG_NAMES.items() if bits & bit]
+
+
+def simulate(
+    law,
+    *,
+    kv_capacity_tokens: Any = 131000,
+    chunk_tokens: int = 512,
+    batch_time_s: Any = 0.0372,
+    arrival_rate_per_s: Any = None,
+    saturated: bool = False,
+    arrivals: str = "poisson",
+    num_steps: int = 20000,
+    num_trajectories: int = 64,
+    seed: int = 0,
+    num_replicas: int = 1,
+    router: str = "round_robin",
+    admission: str = "current",
+    overflow: str = "recompute",
+    order: str = "fcfs",
+    spf_window: int = 32,
+    batch_time_model: str = "constant",
+    linear_coefs: Any = (0.0, 0.0, 0.0, 0.0),
+    batch_time_law: str = "lognormal",
+    batch_time_sigma: float = 0.25,
+    slow_fraction: float = 0.3,
+    slow_factor: float = 3.0,
+    initial_queue: int = 0,
+    warmup_frac: float = 0.25,
+    num_records: int = 0,
+    record_steps: bool = False,
+    replay: tuple | None = None,
+    block_steps: int | None = None,
+    num_segments: int | None = None,
+    progress=None,
+    max_attempts: int = 5,
+    sizes: dict | None = None,
+) -> SimResult:
+    """Simulate ``num_trajectories`` independent trajectories and summarise them.
+
+    Args:
+        law: joint law of (s, o) (:mod:`kvstab.laws`).
+        kv_capacity_tokens: M, scalar or one per trajectory (traced: no recompile).
+        chunk_tokens: ŝ.
+        batch_time_s: b̄, scalar or per trajectory.
+        arrival_rate_per_s: λ, scalar or per trajectory (one value per trajectory gives a
+            sweep in one compiled call). Required unless ``saturated`` or ``replay``.
+        saturated: endless backlog, for the maximal throughput μ_sim.
+        arrivals: ``poisson`` or ``deterministic`` spacing.
+        num_steps: batch steps T (rounded up to whole blocks and segments).
+        num_trajectories: N.
+        seed: PRNG seed; the whole run is a deterministic function of it and the sizes.
+        num_replicas, router: G replicas behind ``round_robin`` or ``random`` routing.
+        admission, overflow, order, spf_window: policies (docs/semantics.md).
+        batch_time_model: ``constant`` (b̄), ``linear`` (``linear_coefs`` = c₀, c_p, c_d,
+            c_kv) or ``random`` (b̄·ξ, ξ from ``batch_time_law`` with ``batch_time_sigma``,
+            ``slow_fraction``, ``slow_factor``).
+        initial_queue: requests waiting at t = 0 (a loaded start).
+        warmup_frac: fraction of the run excluded from steady-state statistics.
+        num_records: keep per-request records for the first ids of each replica.
+        record_steps: also return per-step arrays (memory N·T).
+        replay: (arrival_s, prompt, output) arrays of one trace to replay (λ ignored).
+        progress: callable(done_steps, total_steps, attempt) called between segments.
+        sizes: override static capacities (max_running, max_preempted, num_requests, cal_len).
+
+    Returns:
+        SimResult. Raises InputError on bad input; if a static cap is still hit after
+        ``max_attempts`` enlargements, the flags are returned in the result (never hidden).
+    """
+    from kvstab import __version__, analytic
+    from kvstab.laws import as_joint
+    from kvstab.workload import batch_time_factors, replay_workload, sample_workload
+
+    wall0 = time.perf_counter()
+    check_number("kv_capacity_tokens", np.min(kv_capacity_tokens), low=1, integer=True)
+    check_number("chunk_tokens", chunk_tokens, low=1, integer=True)
+    check_number("batch_time_s", np.min(batch_time_s), low=0, low_open=True)
+    for v in np.ravel(batch_time_s):
+        check_number("batch_time_s", v, low=0, low_open=True)
+    check_number("num_steps", num_steps, low=1, integer=True)
+    check_number("num_trajectories", num_trajectories, low=1, integer=True)
+    check_number("warmup_frac", warmup_frac, low=0, high=1, high_open=True)
+    check_number("seed", seed, low=0, integer=True)
+    if replay is None and not saturated:
+        if arrival_rate_per_s is None:
+            raise InputError(
+                "arrival_rate_per_s", "give a rate >= 0 (or saturated=True, or replay)"
+            )
+        for v in np.ravel(arrival_rate_per_s):
+            check_number("arrival_rate_per_s", v, low=0)
+    if arrivals not in ("poisson", "deterministic"):
+        raise InputError("arrivals", f"must be poisson or deterministic, got {arrivals!r}")
+    if batch_time_model == "linear":
+        coefs = np.asarray(linear_coefs, np.float64)
+        if (
+            coefs.shape != (4,)
+            or not np.all(np.isfinite(coefs))
+            or coefs[0] <= 0
+            or np.any(coefs[1:] < 0)
+        ):
+            raise InputError("linear_coefs", "need 4 finite numbers c0 > 0, c_p, c_d, c_kv >= 0")
+    n = int(num_trajectories)
+    g = int(num_replicas)
+    rows = n * g
+    M_arr = np.broadcast_to(np.asarray(kv_capacity_tokens), (n,)).astype(np.int64)
+    joint = as_joint(law) if replay is None else None
+    if joint is not None and joint.max_total is not None and joint.max_total > M_arr.min():
+        raise InputError(
+            "workload",
+            f"max(s+o) = {joint.max_total} exceeds kv_capacity_tokens M = {int(M_arr.min())}; "
+            "such a request can never be served",
+        )
+
+    # Static sizes: from the law (or the replayed trace), enlarged when a cap is hit.
+    sz = dict(sizes or {})
+    T_req = int(num_steps)
+    if block_steps is None:
+        block_steps = max(1, 2 ** int(math.floor(math.log2(max(T_req / 256, 1)))))
+    nb = -(-T_req // block_steps)
+    if num_segments is None:
+        num_segments = max(d for d in range(1, 11) if nb % d == 0) if nb >= 10 else 1
+        if nb >= 10 and num_segments < 5:  # round the block count up to a multiple of 10
+            nb, num_segments = -(-nb // 10) * 10, 10
+    nb = -(-nb // num_segments) * num_segments
+    T = nb * block_steps
+    seg_steps = T // num_segments
+
+    key = jax.random.PRNGKey(int(seed))
+    key_wl, key_bt = jax.random.split(key)
+    probe_s, probe_o = (
+        (np.asarray(replay[1]), np.asarray(replay[2]))
+        if replay is not None
+        else tuple(np.asarray(x) for x in joint.sample(jax.random.PRNGKey(int(seed) + 1), (4096,)))
+    )
+    first = np.minimum(probe_s, chunk_tokens)
+    eg_probe = float(np.mean(np.asarray(analytic.g_exact(probe_s, probe_o, chunk_tokens))))
+    b_mean = float(np.mean(batch_time_s))
+    if batch_time_model == "linear":
+        c = np.asarray(linear_coefs, np.float64)
+        b_mean = float(
+            c[0]
+            + c[1] * chunk_tokens
+            + c[2] * M_arr.max() / np.mean(probe_s + probe_o)
+            + c[3] * M_arr.max()
+        )
+    if batch_time_model == "random":
+        b_mean *= (
+            1.0 + slow_fraction * (slow_factor - 1.0) if batch_time_law == "two_point" else 1.0
+        )
+        b_mean *= math.exp(batch_time_sigma**2 / 2)
+    M_max = int(M_arr.max())
+    sz.setdefault("max_running", _next_pow2(2.2 * M_max / max(first.mean(), 1)))
+    sz.setdefault("max_preempted", sz["max_running"])
+    if replay is not None:
+        sz["num_requests"] = int(np.asarray(replay[0]).size)
+    elif saturated:
+        sz.setdefault(
+            "num_requests", int(1.25 * T * M_max / eg_probe + 2 * sz["max_running"] + 256)
+        )
+    else:
+        lam = float(np.max(arrival_rate_per_s)) / g
+        mean_arr = lam * T * b_mean
+        sz.setdefault(
+            "num_requests", int(1.15 * mean_arr + 6 * math.sqrt(mean_arr + 1) + initial_queue + 256)
+        )
+    max_life = int(np.max(-(-probe_s // chunk_tokens) + probe_o))
+    if joint is not None and getattr(joint, "output", None) is not None:
+        ms, mo = joint.prompt.max_value, joint.output.max_value
+        if ms is not None and mo is not None:  # longest possible life of an independent law
+            max_life = max(max_life, -(-ms // chunk_tokens) + mo)
+    sz.setdefault("cal_len", _next_pow2(max_life + 2))
+
+    params_base = dict(
+        kv=jnp.asarray(np.repeat(M_arr, g), jnp.int32),
+        lam=jnp.asarray(
+            np.repeat(
+                np.broadcast_to(
+                    np.asarray(
+                        1.0 if arrival_rate_per_s is None else arrival_rate_per_s, np.float64
+                    ),
+                    (n,),
+                ),
+                g,
+            ),
+            jnp.float32,
+        ),
+        b=jnp.asarray(
+            np.repeat(np.broadcast_to(np.asarray(batch_time_s, np.float64), (n,)), g), jnp.float32
+        ),
+        coefs=jnp.asarray(
+            np.broadcast_to(np.asarray(linear_coefs, np.float64), (rows, 4)), jnp.float32
+        ),
+    )
+    if replay is not None:
+        params_base["lam"] = jnp.ones(rows, jnp.float32)
+
+    attempt = 0
+    while True:
+        attempt += 1
+        if replay is not None:
+            wl = replay_workload(*replay)
+            if rows > 1:
+                wl = jax.tree_util.tree_map(lambda x: jnp.repeat(x, rows, axis=0), wl)
+        else:
+            wl = sample_workload(
+                key_wl,
+                joint,
+                num_trajectories=n,
+                num_requests=sz["num_requests"],
+                arrivals="saturated" if saturated else arrivals,
+                initial_queue=initial_queue,
+                num_replicas=g,
+                router=router,
+            )
+        bad = (
+            np.flatnonzero(np.asarray(wl.prompt + wl.output).max(axis=0) > M_max)
+            if replay is not None
+            else []
+        )
+        if len(bad):
+            raise InputError("replay", f"request {int(bad[0])} has s+o > M = {M_max}")
+        life = int(np.max(np.asarray(-(-wl.prompt // chunk_tokens) + wl.output)))
+        if life + 2 > sz["cal_len"]:
+            sz["cal_len"] = _next_pow2(life + 2)
+        cfg = SimConfig(
+            chunk_tokens=int(chunk_tokens),
+            num_steps=seg_steps,
+            block_steps=block_steps,
+            admission=admission,
+            overflow=overflow,
+            order=order,
+            spf_window=spf_window,
+            batch_time_model=batch_time_model,
+            saturated=saturated,
+            stream_ends=replay is not None,
+            max_running=sz["max_running"],
+            max_preempted=sz["max_preempted"],
+            cal_len=sz["cal_len"],
+            num_records=min(int(num_records), wl.num_requests),
+            record_steps=bool(record_steps),
+        )
+        cfg.validate()
+        params = SimParams(
+            params_base["kv"], params_base["lam"], params_base["b"], params_base["coefs"]
+        )
+        xi_all = None
+        if batch_time_model == "random":
+            xi_all = batch_time_factors(
+                key_bt,
+                (rows, T),
+                law=batch_time_law,
+                sigma=batch_time_sigma,
+                slow_fraction=slow_fraction,
+                slow_factor=slow_factor,
+            )
+        state = None
+        blocks, steps = [], []
+        for seg in range(num_segments):
+            xi = None if xi_all is None else xi_all[:, seg * seg_steps : (seg + 1) * seg_steps]
+            out = batch_rollout(wl, params, xi, cfg, state)
+            state = out.final
+            blocks.append(jax.tree_util.tree_map(np.asarray, out.blocks))
+            if record_steps:
+                steps.append(jax.tree_util.tree_map(np.asarray, out.steps))
+            if progress is not None:
+                progress((seg + 1) * seg_steps, T, attempt)
+        flags = np.asarray(state.flags)
+        all_bits = int(np.bitwise_or.reduce(flags))
+        if all_bits & FLAG_KV_OVER_M:
+            raise RuntimeError(
+                "simulator invariant KV <= M broken; please report this with the seed"
+            )
+        grow = False
+        if all_bits & FLAG_RING_FULL:
+            sz["max_running"] *= 2
+            grow = True
+        if all_bits & FLAG_STACK_FULL:
+            sz["max_preempted"] *= 2
+            grow = True
+        if all_bits & (FLAG_ARRIVALS_EXHAUSTED | FLAG_BACKLOG_EXHAUSTED) and replay is None:
+            sz["num_requests"] = int(sz["num_requests"] * 2)
+            grow = True
+        if not grow or attempt >= max_attempts:
+            break
+
+    cat = lambda name: np.concatenate([getattr(b, name) for b in blocks], axis=1)  # noqa: E731
+    per_traj = lambda x: x.reshape(n, g, -1)  # noqa: E731
+    summed = lambda name: per_traj(cat(name)).sum(axis=1)  # noqa: E731
+    clock = per_traj(cat("clock_s"))[:, 0, :]
+    records = None
+    if cfg.num_records:
+        records = _records_in_seconds(
+            state, wl, params, cfg, clock_fn=None if batch_time_model == "constant" else steps, T=T
+        )
+    step_arrays = None
+    if record_steps:
+        step_arrays = {
+            f: np.concatenate([getattr(s, f) for s in steps], axis=1) for f in StepOut._fields
+        }
+    config = {
+        "kvstab_version": __version__,
+        "sim_semantics_version": SIM_SEMANTICS_VERSION,
+        "workload": joint.spec if joint is not None else f"replay of {wl.num_requests} requests",
+        "kv_capacity_tokens": M_arr.tolist() if M_arr.size > 1 and np.ptp(M_arr) else int(M_arr[0]),
+        "chunk_tokens": int(chunk_tokens),
+        "batch_time_s": np.ravel(batch_time_s).tolist()
+        if np.size(batch_time_s) > 1
+        else float(np.ravel(batch_time_s)[0]),
+        "arrival_rate_per_s": None
+        if arrival_rate_per_s is None
+        else (
+            np.ravel(arrival_rate_per_s).tolist()
+            if np.size(arrival_rate_per_s) > 1
+            else float(np.ravel(arrival_rate_per_s)[0])
+        ),
+        "saturated": bool(saturated),
+        "arrivals": "replay" if replay is not None else arrivals,
+        "num_steps": T,
+        "num_trajectories": n,
+        "seed": int(seed),
+        "num_replicas": g,
+        "router": router,
+        "admission": admission,
+        "overflow": overflow,
+        "order": order,
+        "spf_window": spf_window,
+        "batch_time_model": batch_time_model,
+        "linear_coefs": list(map(float, np.ravel(linear_coefs))),
+        "batch_time_law": batch_time_law,
+        "batch_time_sigma": batch_time_sigma,
+        "slow_fraction": slow_fraction,
+        "slow_factor": slow_factor,
+        "initial_queue": int(initial_queue),
+        "warmup_frac": warmup_frac,
+        "block_steps": block_steps,
+        "sizes": dict(sz),
+        "attempts": attempt,
+    }
+    return SimResult(
+        config=config,
+        clock_s=clock,
+        queue=summed("mean_queue"),
+        queue_end=summed("queue_end").astype(np.float64),
+        running=summed("mean_running"),
+        kv_tokens=per_traj(cat("mean_kv")).mean(axis=1),
+        max_kv_tokens=per_traj(cat("max_kv")).max(axis=2),
+        completed=summed("completed"),
+        preempted=summed("preempted"),
+        arrived=summed("arrived"),
+        flags=[_flag_names(int(b)) for b in np.bitwise_or.reduce(flags.reshape(n, g), axis=1)],
+        records=records,
+        steps=step_arrays,
+        warmup_blocks=_warmup(nb, warmup_frac),
+        wall_s=time.perf_counter() - wall0,
+        attempts=attempt,
+    )
+
+
+def _warmup(nb: int, frac: float) -> int:
+    from kvstab.metrics import warmup_blocks
+
+    return warmup_blocks(nb, frac)
+
+
+def _records_in_seconds(state, wl, params, cfg, clock_fn, T):
+    """Per-request step records -> seconds (nan where an event did not happen)."""
+    rr = cfg.num_records
+    f = lambda x: np.asarray(x)[:, :rr].astype(np.int64)  # noqa: E731
+    first_admit = f(state.rec_first_admit)
+    tok_final, tok_last, finish = f(state.rec_tok_final), f(state.rec_tok_last), f(state.rec_finish)
+    tok = np.where(
+        tok_final >= 0, tok_final, np.where((tok_last >= 0) & (tok_last <= T - 1), tok_last, -1)
+    )
+    finish = np.where((finish >= 0) & (finish <= T - 1), finish, -1)
+    if clock_fn is None:
+        b = np.asarray(params.batch_time_s, np.float64)[:, None]
+        start = lambda k: np.where(k >= 0, k * b, np.nan)  # noqa: E731  clock at a step's start
+    else:
+        bt = np.concatenate([s.batch_time_s for s in clock_fn], axis=1).astype(np.float64)
+        clock = np.concatenate([np.zeros((bt.shape[0], 1)), np.cumsum(bt, axis=1)], axis=1)
+        start = lambda k: np.where(
+            k >= 0, np.take_along_axis(clock, np.maximum(k, 0), axis=1), np.nan
+        )  # noqa: E731
+    lam = np.asarray(params.arrival_rate_per_s, np.float64)[:, None]
+    arr = np.asarray(wl.arrival_epoch, np.float64)[:, :rr] / lam
+    if cfg.saturated:
+        arr = np.zeros_like(arr)
+    admit_s = start(first_admit)
+    tok_s = start(np.where(tok >= 0, tok + 1, -1))
+    fin_s = start(np.where(finish >= 0, finish + 1, -1))
+    return {
+        "arrival_s": arr,
+        "first_admit_s": admit_s,
+        "first_token_s": tok_s,
+        "finish_s": fin_s,
+        "wait_s": admit_s - arr,
+        "ttft_s": tok_s - arr,
+        "latency_s": fin_s - arr,
+        "preemptions": f(state.rec_npre),
+    }
