@@ -25,6 +25,22 @@ FLAG_FOR = {
     "prompt": "--prompt",
     "output": "--output",
     "trace": "--trace",
+    "arrival_rate_per_s": "--rate",
+    "num_steps": "--steps",
+    "num_trajectories": "--trajectories",
+    "num_replicas": "--replicas",
+    "warmup_frac": "--warmup",
+    "initial_queue": "--initial-queue",
+    "spf_window": "--spf-window",
+    "linear_coefs": "--linear-coefs",
+    "sigma": "--batch-time-sigma",
+    "slow_fraction": "--slow-fraction",
+    "slow_factor": "--slow-factor",
+    "steps": "--steps",
+    "trajectories": "--trajectories",
+    "replicas": "--replicas",
+    "seed": "--seed",
+    "records": "--records",
 }
 
 DEFAULTS = {

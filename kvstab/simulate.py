@@ -1044,18 +1044,19 @@ def simulate(
             raise RuntimeError(
                 "simulator invariant KV <= M broken; please report this with the seed"
             )
-        grow = False
-        if all_bits & FLAG_RING_FULL:
-            sz["max_running"] *= 2
-            grow = True
-        if all_bits & FLAG_STACK_FULL:
-            sz["max_preempted"] *= 2
-            grow = True
+        new = dict(sz)
+        if all_bits & (FLAG_RING_FULL | FLAG_STACK_FULL):
+            # x4: a start-up burst can need many times the guess. Waiting preempted requests
+            # never outnumber the peak running count, so the stack grows with the ring.
+            new["max_running"] = sz["max_running"] * (4 if all_bits & FLAG_RING_FULL else 1)
+            new["max_preempted"] = max(
+                new["max_running"], sz["max_preempted"] * (4 if all_bits & FLAG_STACK_FULL else 1)
+            )
         if all_bits & (FLAG_ARRIVALS_EXHAUSTED | FLAG_BACKLOG_EXHAUSTED) and replay is None:
-            sz["num_requests"] = int(sz["num_requests"] * 2)
-            grow = True
-        if not grow or attempt >= max_attempts:
-            break
+            new["num_requests"] = int(sz["num_requests"] * 2)
+        if new == sz or attempt >= max_attempts:
+            break  # clean, or out of attempts: the flags stay in the result
+        sz = new
 
     cat = lambda name: np.concatenate([getattr(b, name) for b in blocks], axis=1)  # noqa: E731
     per_traj = lambda x: x.reshape(n, g, -1)  # noqa: E731

@@ -1,0 +1,268 @@
+"""``kvstab simulate``: run the JAX simulator from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+from kvstab.errors import InputError
+
+
+def add_policy_args(p: argparse.ArgumentParser) -> None:
+    """Scheduling-policy flags shared by simulate and boundary."""
+    g = p.add_argument_group("policy")
+    g.add_argument(
+        "--admission",
+        choices=("current", "reserve"),
+        default="current",
+        help="admit on current memory use (default, like vLLM) or on peak s+o",
+    )
+    g.add_argument(
+        "--overflow",
+        choices=("recompute", "swap"),
+        default="recompute",
+        help="preemption: recompute (progress lost, default) or swap (kept)",
+    )
+    g.add_argument(
+        "--order",
+        choices=("fcfs", "spf"),
+        default="fcfs",
+        help="queue order: first come first served, or shortest prompt first",
+    )
+    g.add_argument(
+        "--spf-window",
+        type=int,
+        default=32,
+        metavar="W",
+        help="spf looks at the first W waiting requests (default 32)",
+    )
+
+
+def add_batch_time_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("batch time")
+    g.add_argument(
+        "--batch-time-model",
+        choices=("constant", "linear", "random"),
+        default="constant",
+        help="constant b̄ (default), linear in the batch, or random",
+    )
+    g.add_argument(
+        "--linear-coefs",
+        default="0.02,2e-5,2e-5,0",
+        metavar="C0,CP,CD,CKV",
+        help="linear model b = c0 + cp*prefill + cd*decode + ckv*kv tokens (seconds)",
+    )
+    g.add_argument(
+        "--batch-time-law",
+        choices=("lognormal", "two_point"),
+        default="lognormal",
+        help="random model: b = b̄·ξ, ξ lognormal(0, σ) or a slow fraction",
+    )
+    g.add_argument("--batch-time-sigma", type=float, default=0.25, metavar="SIGMA")
+    g.add_argument("--slow-fraction", type=float, default=0.3)
+    g.add_argument("--slow-factor", type=float, default=3.0)
+
+
+def parse_coefs(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise InputError(
+            "linear_coefs", f"need four comma-separated numbers, got {text!r}"
+        ) from None
+    if len(vals) != 4:
+        raise InputError("linear_coefs", f"need four comma-separated numbers, got {text!r}")
+    return vals
+
+
+class Progress:
+    """A one-line progress display on stderr (silent when not a terminal unless forced)."""
+
+    def __init__(self, label: str, quiet: bool = False):
+        self.label = label
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int, attempt: int = 1) -> None:
+        if self.quiet:
+            return
+        el = time.perf_counter() - self.t0
+        pct = 100.0 * done / max(total, 1)
+        retry = f" (re-run {attempt} with larger buffers)" if attempt > 1 else ""
+        msg = f"{self.label}: {pct:5.1f}% ({done}/{total} steps, {el:.1f} s){retry}"
+        if self.tty:
+            print("\r" + msg, end="" if done < total else "\n", file=sys.stderr, flush=True)
+        elif done >= total:
+            print(msg, file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kvstab import analytic
+    from kvstab.cli import check_fits_memory, workload_from_args
+    from kvstab.simulate import simulate
+
+    analytic.validate_system(args.kv_tokens, args.chunk, args.batch_time)
+    if args.rate is None and not args.saturated:
+        raise InputError("rate_per_s", "give --rate LAMBDA (requests/s, >= 0) or --saturated")
+    if args.rate is not None and args.saturated:
+        raise InputError("rate_per_s", "give either --rate or --saturated, not both")
+    for name, v, lo in (
+        ("steps", args.steps, 1),
+        ("trajectories", args.trajectories, 1),
+        ("replicas", args.replicas, 1),
+        ("seed", args.seed, 0),
+        ("records", args.records, 0),
+    ):
+        if v < lo:
+            raise InputError(name, f"must be an integer >= {lo}, got {v}")
+    joint = workload_from_args(args)
+    check_fits_memory(joint, args.kv_tokens)
+    coefs = parse_coefs(args.linear_coefs)
+    prog = Progress("kvstab simulate", quiet=args.quiet)
+    res = simulate(
+        joint,
+        kv_capacity_tokens=args.kv_tokens,
+        chunk_tokens=args.chunk,
+        batch_time_s=args.batch_time,
+        arrival_rate_per_s=args.rate,
+        saturated=args.saturated,
+        num_steps=args.steps,
+        num_trajectories=args.trajectories,
+        seed=args.seed,
+        num_replicas=args.replicas,
+        router=args.router,
+        admission=args.admission,
+        overflow=args.overflow,
+        order=args.order,
+        spf_window=args.spf_window,
+        batch_time_model=args.batch_time_model,
+        linear_coefs=coefs,
+        batch_time_law=args.batch_time_law,
+        batch_time_sigma=args.batch_time_sigma,
+        slow_fraction=args.slow_fraction,
+        slow_factor=args.slow_factor,
+        initial_queue=args.initial_queue,
+        warmup_frac=args.warmup,
+        num_records=args.records,
+        progress=prog,
+    )
+    summ = res.summary()
+    mu = analytic.mu_for(joint, args.kv_tokens * args.replicas, args.batch_time, args.chunk)
+    summ["mu_theory"] = float(mu)
+    if args.saturated:  # the backlog is a buffer, not a queue: its length means nothing
+        for k in ("mean_queue", "final_queue", "queue_slope_per_s", "queue_slope_ci"):
+            summ[k] = None
+    out = {**summ, "config": res.config}
+    if args.out:
+        from kvstab.results import write_json
+
+        write_json(args.out, {"kind": "simulate", "summary": summ, "config": res.config})
+    if args.json:
+        print(json.dumps(out, indent=2, default=_jsonable))
+        return 0
+    lo, hi = summ["throughput_ci"]
+    print("kvstab simulate: JAX simulator (docs/semantics.md)")
+    print(f"  workload     {res.config['workload']}")
+    load = "saturated (endless backlog)" if args.saturated else f"Poisson, {args.rate:g} req/s"
+    print(f"  arrivals     {load}; {args.replicas} replica(s), router {args.router}")
+    print(
+        f"  policy       admission {args.admission}, overflow {args.overflow}, order {args.order}"
+    )
+    print(
+        f"  run          {args.trajectories} trajectories x {res.config['num_steps']} steps "
+        f"({summ['simulated_s']:.0f} s simulated, first {summ['warmup_s']:.0f} s warm-up), "
+        f"{summ['wall_s']:.1f} s wall"
+    )
+    print(
+        f"  throughput   {summ['throughput_per_s']:.4g} req/s  (95% CI {lo:.4g} .. {hi:.4g}); "
+        f"closed-form mu = {summ['mu_theory']:.4g}"
+    )
+    print(
+        f"  KV in use    mean {summ['mean_kv_tokens']:,.0f}, max {summ['max_kv_tokens']:,} "
+        f"of {args.kv_tokens:,} tokens per replica"
+    )
+    print(f"  preemptions  {summ['preemptions_per_completion']:.3g} per completed request")
+    if not args.saturated:
+        s_lo, s_hi = summ["queue_slope_ci"]
+        print(
+            f"  queue        mean {summ['mean_queue']:.3g}, final {summ['final_queue']:.3g}, "
+            f"growth {summ['queue_slope_per_s']:.3g} req/s (95% CI {s_lo:.3g} .. {s_hi:.3g})"
+        )
+    if "wait_s" in summ:
+        w = summ["wait_s"]
+        print(f"  waiting      median {w['p50']:.3g} s, p90 {w['p90']:.3g} s, p99 {w['p99']:.3g} s")
+    if summ["flags"]:
+        print(
+            f"  FLAGS        {', '.join(summ['flags'])} (a cap was hit even after re-runs: "
+            "treat the numbers with care)"
+        )
+    return 0
+
+
+def _jsonable(x):
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def register(sub) -> None:
+    from kvstab.cli import _float, add_workload_args
+
+    p = sub.add_parser("simulate", help="simulate queue trajectories with the JAX simulator")
+    add_workload_args(p)
+    load = p.add_argument_group("load")
+    load.add_argument(
+        "--rate",
+        type=_float,
+        default=None,
+        metavar="LAMBDA",
+        help="Poisson arrival rate λ in requests/s (to all replicas together)",
+    )
+    load.add_argument(
+        "--saturated",
+        action="store_true",
+        help="an endless backlog: measures the maximal throughput",
+    )
+    load.add_argument(
+        "--initial-queue",
+        type=int,
+        default=0,
+        metavar="N",
+        help="requests already waiting at t = 0",
+    )
+    load.add_argument("--replicas", type=int, default=1, metavar="G")
+    load.add_argument("--router", choices=("round_robin", "random"), default="round_robin")
+    add_policy_args(p)
+    add_batch_time_args(p)
+    run = p.add_argument_group("run")
+    run.add_argument("--steps", type=int, default=20000, help="batch steps per trajectory")
+    run.add_argument("--trajectories", type=int, default=64)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--warmup",
+        type=float,
+        default=0.25,
+        metavar="FRAC",
+        help="fraction of the run excluded as warm-up (default 0.25)",
+    )
+    run.add_argument(
+        "--records",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep per-request records of the first N requests (waits, TTFT)",
+    )
+    run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.add_argument("--out", metavar="FILE", help="write a JSON results file")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=_run)
