@@ -143,6 +143,14 @@ class SimParams(NamedTuple):
     linear_coefs: jax.Array
 
 
+# Column layouts of the packed arrays. Packing matters: on CPU a vmapped scatter costs
+# ~100 us per op at N=2048 whatever its size, so one row update beats five element updates.
+CAL_DFULL, CAL_DDEC, CAL_ONCE = range(3)  # columns of cal_rate
+CAL_FREE, CAL_NCOMP = range(2)  # columns of cal_done
+RING_ID, RING_A0 = range(2)  # columns of ring
+REC_FIRST_ADMIT, REC_ADMIT, REC_TOK_FINAL, REC_TOK_LAST, REC_FINISH, REC_NPRE = range(6)
+
+
 class _State(NamedTuple):
     t: jax.Array  # clock at the start of step k, s (float32, Kahan-compensated)
     t_comp: jax.Array  # Kahan compensation of the clock sum
@@ -152,18 +160,21 @@ class _State(NamedTuple):
     ndec: jax.Array  # requests decoding this step
     once: jax.Array  # this step's last-chunk remainders
     peak_sum: jax.Array  # Σ (s+o) over running (reserve admission)
-    cal_dfull: jax.Array  # (L,) change of nfull at that step
-    cal_ddec: jax.Array  # (L,) change of ndec
-    cal_once: jax.Array  # (L,) last-chunk remainders due that step
-    cal_free: jax.Array  # (L,) tokens freed by completions at the end of that step
-    cal_ncomp: jax.Array  # (L,) completions at the end of that step
-    ring_id: jax.Array  # (K,) request id by admission sequence (mod K)
-    ring_a0: jax.Array  # (K,) virtual start step a0 (position p = k - a0)
-    ring_end: jax.Array  # (K,) completion step; -1 once preempted
+    # Calendar by step mod L, split by when each part is read (a read and a write of the same
+    # array before the loops makes XLA copy it every step):
+    # (L, 3) read at the step's start: change of nfull, change of ndec, last-chunk remainders;
+    cal_rate: jax.Array
+    # (L, 2) read at its end: tokens freed by completions, number of completions.
+    cal_done: jax.Array
+    # (K, 3) running requests by admission sequence mod K: id, virtual start a0
+    # (position p = k - a0), completion step (-1 once preempted or completed-and-trimmed).
+    ring: jax.Array
+    # (K,) completion step of each ring entry; -1 once preempted. Kept apart from ``ring``:
+    # it is read and written in the same loop iteration, which on a packed array costs a copy.
+    ring_end: jax.Array
     tail: jax.Array  # admission sequence number of the next admission
     n_running: jax.Array
-    stack_id: jax.Array  # (S,) preempted waiting requests; top = head of queue
-    stack_pos: jax.Array  # (S,) saved position (0 under recompute)
+    stack: jax.Array  # (S, 2) preempted waiting requests (id, saved position); top = head
     top: jax.Array
     win_id: jax.Array  # (W,) fresh waiting requests in the window, -1 = empty
     p_adm: jax.Array  # next fresh request id not yet in the window
@@ -172,12 +183,11 @@ class _State(NamedTuple):
     preempted: jax.Array
     max_kv: jax.Array
     flags: jax.Array
-    rec_first_admit: jax.Array  # (Rr,) records (ids < num_records)
-    rec_admit: jax.Array
-    rec_tok_final: jax.Array  # first-token step confirmed by a later preemption
-    rec_tok_last: jax.Array  # first-token step of the latest admission (tentative)
-    rec_finish: jax.Array  # finish step of the latest admission (tentative); -1 if preempted
-    rec_npre: jax.Array
+    # (Rr, 6) per-request records for ids < num_records (Rr = 1 and untouched when off):
+    # first admission, last admission, first-token step confirmed by a later preemption,
+    # first-token step of the latest admission (tentative), finish step of the latest
+    # admission (tentative; -1 if preempted), preemptions.
+    rec: jax.Array
 
 
 class BlockOut(NamedTuple):
@@ -223,15 +233,9 @@ def _mem(p, s, c, chunk):
 
 def _init_state(cfg: SimConfig, num_requests: int) -> _State:
     z = jnp.int32(0)
-    L, K, S, W, Rr = (
-        cfg.cal_len,
-        cfg.max_running,
-        cfg.max_preempted,
-        cfg.window,
-        max(cfg.num_records, 1),
-    )
-    zi = lambda n: jnp.zeros((n,), jnp.int32)  # noqa: E731
-    neg = lambda n: jnp.full((n,), -1, jnp.int32)  # noqa: E731
+    rr = max(cfg.num_records, 1)
+    ring = jnp.zeros((cfg.max_running, 2), jnp.int32)
+    rec = jnp.full((rr, 6), -1, jnp.int32).at[:, REC_NPRE].set(0)
     return _State(
         t=jnp.float32(0.0),
         t_comp=jnp.float32(0.0),
@@ -241,32 +245,22 @@ def _init_state(cfg: SimConfig, num_requests: int) -> _State:
         ndec=z,
         once=z,
         peak_sum=z,
-        cal_dfull=zi(L),
-        cal_ddec=zi(L),
-        cal_once=zi(L),
-        cal_free=zi(L),
-        cal_ncomp=zi(L),
-        ring_id=zi(K),
-        ring_a0=zi(K),
-        ring_end=neg(K),
+        cal_rate=jnp.zeros((cfg.cal_len, 3), jnp.int32),
+        cal_done=jnp.zeros((cfg.cal_len, 2), jnp.int32),
+        ring=ring,
+        ring_end=jnp.full((cfg.max_running,), -1, jnp.int32),
         tail=z,
         n_running=z,
-        stack_id=zi(S),
-        stack_pos=zi(S),
+        stack=jnp.zeros((cfg.max_preempted, 2), jnp.int32),
         top=z,
-        win_id=neg(W),
+        win_id=jnp.full((cfg.window,), -1, jnp.int32),
         p_adm=z,
         p_arr=z,
         completed=z,
         preempted=z,
         max_kv=z,
         flags=z,
-        rec_first_admit=neg(Rr),
-        rec_admit=neg(Rr),
-        rec_tok_final=neg(Rr),
-        rec_tok_last=neg(Rr),
-        rec_finish=neg(Rr),
-        rec_npre=zi(Rr),
+        rec=rec,
     )
 
 
@@ -286,12 +280,12 @@ def _begin(st: _State, wl: Workload, params: SimParams, cfg: SimConfig) -> _Stat
     # the same array precedes the write (again to keep the update in place). No event can
     # land in that slot meanwhile: lifetimes are shorter than the calendar.
     prev = (st.k - 1) & (cfg.cal_len - 1)
+    row = st.cal_rate[i]
     st = st._replace(
-        nfull=st.nfull + st.cal_dfull[i],
-        ndec=st.ndec + st.cal_ddec[i],
-        once=st.cal_once[i],
-        cal_free=st.cal_free.at[prev].set(0),
-        cal_ncomp=st.cal_ncomp.at[prev].set(0),
+        nfull=st.nfull + row[CAL_DFULL],
+        ndec=st.ndec + row[CAL_DDEC],
+        once=row[CAL_ONCE],
+        cal_done=st.cal_done.at[prev].set(0),
     )
     if cfg.saturated:
         p_arr = jnp.int32(R)
@@ -320,8 +314,7 @@ def _preempt_iter(st: _State, wl: Workload, params: SimParams, cfg: SimConfig) -
 def _candidate(st: _State, wl: Workload, cfg: SimConfig):
     """Step 4: the order policy's next candidate (id, saved position)."""
     from_stack = st.top > 0
-    sid = st.stack_id[jnp.maximum(st.top - 1, 0)]
-    spos = st.stack_pos[jnp.maximum(st.top - 1, 0)]
+    sid, spos = st.stack[jnp.maximum(st.top - 1, 0)]
     wid = st.win_id
     valid = wid >= 0
     big = jnp.iinfo(jnp.int32).max
@@ -372,7 +365,7 @@ def _finish(st: _State, xi, params: SimParams, cfg: SimConfig):
     else:
         c0, cp, cd, ckv = (params.linear_coefs[j] for j in range(4))
         b = ((c0 + cp * prefill_tokens) + cd * decode_tokens) + ckv * kv
-    free, ncomp = st.cal_free[i], st.cal_ncomp[i]
+    free, ncomp = st.cal_done[i, CAL_FREE], st.cal_done[i, CAL_NCOMP]
     # Kahan summation: a float32 running sum of a fixed b̄ would drift by ~0.3 % at t ~ 5000 s.
     y = b - st.t_comp
     t_next = st.t + y
@@ -382,9 +375,7 @@ def _finish(st: _State, xi, params: SimParams, cfg: SimConfig):
         peak_sum=st.peak_sum - free,
         n_running=st.n_running - ncomp,
         completed=st.completed + ncomp,
-        cal_dfull=st.cal_dfull.at[i].set(0),
-        cal_ddec=st.cal_ddec.at[i].set(0),
-        cal_once=st.cal_once.at[i].set(0),
+        cal_rate=st.cal_rate.at[i].set(0),
         max_kv=jnp.maximum(st.max_kv, kv),
         flags=st.flags
         | jnp.where(over, FLAG_KV_OVER_M, 0)
@@ -460,109 +451,125 @@ def _drop(do, idx, size):
     return jnp.where(do, idx, size)
 
 
+def _life_events(do, a0, pos, s, o, cfg: SimConfig, sign):
+    """Calendar updates that a request entering at position ``pos`` adds (sign +1) or that
+    preempting it at position ``pos`` removes (sign -1): rows and deltas of ``cal_rate``
+    (3 rows) and of ``cal_done`` (1 row).
+
+    Entering in full-chunk prefill, its nfull contribution ends at step a0+C-1 where its
+    last-chunk remainder r is due; it starts decoding at a0+C (unless already decoding) and
+    stops after a0+C+o-1, the step whose end frees s+o.
+    """
+    m = cfg.cal_len - 1
+    c, life, r = _lengths(s, o, cfg.chunk_tokens)
+    end = a0 + life - 1
+    rows = jnp.stack([(a0 + c - 1) & m, (a0 + c) & m, (a0 + life) & m])
+    live = jnp.stack([do & (pos < c - 1), do & (pos < c), do])
+    z, one = jnp.zeros_like(s), jnp.ones_like(s)
+    deltas = sign * jnp.stack(
+        [jnp.stack([-one, z, r]), jnp.stack([z, one, z]), jnp.stack([z, -one, z])]
+    )
+    done_row = _drop(do, end & m, cfg.cal_len)
+    done_delta = sign * jnp.stack([s + o, one])
+    return _drop(live, rows, cfg.cal_len), deltas, done_row, done_delta
+
+
 def _admit(st: _State, do, rid, pos, from_stack, widx, k, wl: Workload, cfg: SimConfig) -> _State:
     """If ``do``: admit request ``rid`` at saved position ``pos`` in step k; write its future."""
     chunk = cfg.chunk_tokens
-    L, K = cfg.cal_len, cfg.max_running
+    K = cfg.max_running
     s, o = wl.prompt[rid], wl.output[rid]
     c, life, r = _lengths(s, o, chunk)
     a0 = k - pos
     end = a0 + life - 1  # completion step
-    in_full = pos < c - 1
-    in_last = pos == c - 1
-    in_dec = pos >= c
-    m = L - 1
-    i_last, i_dec, i_dec_end, i_end = (a0 + c - 1) & m, (a0 + c) & m, (a0 + life) & m, end & m
     di = do.astype(jnp.int32)
+    rows, deltas, done_row, done_delta = _life_events(do, a0, pos, s, o, cfg, 1)
     # Pop from the queue: the stack top, or the window slot (refilled from the arrivals).
     from_win = do & ~from_stack
     refill = from_win & (st.p_adm < st.p_arr)
     W = st.win_id.shape[0]
     win = st.win_id.at[_drop(from_win, widx, W)].set(jnp.where(refill, st.p_adm, -1), mode="drop")
-    slot = _drop(do, st.tail % K, K)
-    nrec = st.rec_admit.shape[0]
-    ri = _drop(do & (rid < cfg.num_records), rid, nrec)
-    first = st.rec_first_admit[jnp.minimum(ri, nrec - 1)]
-    drop = dict(mode="drop")
-    return st._replace(
+    st = st._replace(
         used=st.used + di * _mem(pos, s, c, chunk),
-        nfull=st.nfull + di * in_full,
-        once=st.once + di * jnp.where(in_last, r, 0),
-        ndec=st.ndec + di * in_dec,
+        nfull=st.nfull + di * (pos < c - 1),
+        once=st.once + di * jnp.where(pos == c - 1, r, 0),
+        ndec=st.ndec + di * (pos >= c),
         peak_sum=st.peak_sum + di * (s + o),
-        cal_dfull=st.cal_dfull.at[_drop(do & in_full, i_last, L)].add(-1, **drop),
-        cal_once=st.cal_once.at[_drop(do & in_full, i_last, L)].add(r, **drop),
-        cal_ddec=st.cal_ddec.at[_drop(do & (pos < c), i_dec, L)]
-        .add(1, **drop)
-        .at[_drop(do, i_dec_end, L)]
-        .add(-1, **drop),
-        cal_free=st.cal_free.at[_drop(do, i_end, L)].add(s + o, **drop),
-        cal_ncomp=st.cal_ncomp.at[_drop(do, i_end, L)].add(1, **drop),
-        ring_id=st.ring_id.at[slot].set(rid, **drop),
-        ring_a0=st.ring_a0.at[slot].set(a0, **drop),
-        ring_end=st.ring_end.at[slot].set(end, **drop),
+        cal_rate=st.cal_rate.at[rows].add(deltas, mode="drop"),
+        cal_done=st.cal_done.at[done_row].add(done_delta, mode="drop"),
+        ring=st.ring.at[_drop(do, st.tail % K, K)].set(jnp.stack([rid, a0]), mode="drop"),
+        ring_end=st.ring_end.at[_drop(do, st.tail % K, K)].set(end, mode="drop"),
         tail=st.tail + di,
         n_running=st.n_running + di,
         top=st.top - (do & from_stack).astype(jnp.int32),
         win_id=win,
         p_adm=st.p_adm + refill.astype(jnp.int32),
-        rec_first_admit=st.rec_first_admit.at[ri].set(jnp.where(first < 0, k, first), **drop),
-        rec_admit=st.rec_admit.at[ri].set(k, **drop),
-        rec_tok_last=st.rec_tok_last.at[ri].set(a0 + c, **drop),
-        rec_finish=st.rec_finish.at[ri].set(end, **drop),
     )
+    if cfg.num_records:
+        nrec = st.rec.shape[0]
+        ri = _drop(do & (rid < cfg.num_records), rid, nrec)
+        old = st.rec[jnp.minimum(ri, nrec - 1)]
+        first = jnp.where(old[REC_FIRST_ADMIT] < 0, k, old[REC_FIRST_ADMIT])
+        new = jnp.stack([first, k, old[REC_TOK_FINAL], a0 + c, end, old[REC_NPRE]])
+        st = st._replace(rec=st.rec.at[ri].set(new, mode="drop"))
+    return st
 
 
 def _preempt(st: _State, do, slot, k, wl: Workload, cfg: SimConfig) -> _State:
     """If ``do``: preempt the running request in ring ``slot`` at step k; erase its future."""
-    chunk = cfg.chunk_tokens
-    L, S = cfg.cal_len, cfg.max_preempted
-    rid, a0 = st.ring_id[slot], st.ring_a0[slot]
+    chunk, S = cfg.chunk_tokens, cfg.max_preempted
+    rid, a0 = st.ring[slot]
     s, o = wl.prompt[rid], wl.output[rid]
-    c, life, r = _lengths(s, o, chunk)
+    c, _, r = _lengths(s, o, chunk)
     p = k - a0
-    end = a0 + life - 1
-    in_full = p < c - 1
-    in_last = p == c - 1
-    in_dec = p >= c
-    m = L - 1
-    i_last, i_dec, i_dec_end, i_end = (a0 + c - 1) & m, (a0 + c) & m, (a0 + life) & m, end & m
     di = do.astype(jnp.int32)
+    rows, deltas, done_row, done_delta = _life_events(do, a0, p, s, o, cfg, -1)
     full = do & (st.top >= S)
     push = _drop(do & ~full, st.top, S)
     saved = p if cfg.overflow == "swap" else jnp.int32(0)
-    nrec = st.rec_npre.shape[0]
-    ri = _drop(do & (rid < cfg.num_records), rid, nrec)
-    tok_final = st.rec_tok_final[jnp.minimum(ri, nrec - 1)]
-    drop = dict(mode="drop")
-    return st._replace(
+    st = st._replace(
         used=st.used - di * _mem(p, s, c, chunk),
-        nfull=st.nfull - di * in_full,
-        once=st.once - di * jnp.where(in_last, r, 0),
-        ndec=st.ndec - di * in_dec,
+        nfull=st.nfull - di * (p < c - 1),
+        once=st.once - di * jnp.where(p == c - 1, r, 0),
+        ndec=st.ndec - di * (p >= c),
         peak_sum=st.peak_sum - di * (s + o),
-        cal_dfull=st.cal_dfull.at[_drop(do & in_full, i_last, L)].add(1, **drop),
-        cal_once=st.cal_once.at[_drop(do & in_full, i_last, L)].add(-r, **drop),
-        cal_ddec=st.cal_ddec.at[_drop(do & (p < c), i_dec, L)]
-        .add(-1, **drop)
-        .at[_drop(do, i_dec_end, L)]
-        .add(1, **drop),
-        cal_free=st.cal_free.at[_drop(do, i_end, L)].add(-(s + o), **drop),
-        cal_ncomp=st.cal_ncomp.at[_drop(do, i_end, L)].add(-1, **drop),
-        ring_end=st.ring_end.at[_drop(do, slot, st.ring_end.shape[0])].set(-1, **drop),
+        cal_rate=st.cal_rate.at[rows].add(deltas, mode="drop"),
+        cal_done=st.cal_done.at[done_row].add(done_delta, mode="drop"),
+        ring_end=st.ring_end.at[_drop(do, slot, st.ring_end.shape[0])].set(-1, mode="drop"),
         n_running=st.n_running - di,
-        stack_id=st.stack_id.at[push].set(rid, **drop),
-        stack_pos=st.stack_pos.at[push].set(saved, **drop),
+        stack=st.stack.at[push].set(jnp.stack([rid, saved]), mode="drop"),
         top=st.top + (do & ~full).astype(jnp.int32),
         preempted=st.preempted + di,
         flags=st.flags | jnp.where(full, FLAG_STACK_FULL, 0),
-        rec_npre=st.rec_npre.at[ri].add(1, **drop),
-        rec_tok_final=st.rec_tok_final.at[ri].set(
-            jnp.where((p > c) & (tok_final < 0), a0 + c, tok_final), **drop
-        ),
-        rec_tok_last=st.rec_tok_last.at[ri].set(-1, **drop),
-        rec_finish=st.rec_finish.at[ri].set(-1, **drop),
     )
+    if cfg.num_records:
+        nrec = st.rec.shape[0]
+        ri = _drop(do & (rid < cfg.num_records), rid, nrec)
+        old = st.rec[jnp.minimum(ri, nrec - 1)]
+        tok_final = jnp.where((p > c) & (old[REC_TOK_FINAL] < 0), a0 + c, old[REC_TOK_FINAL])
+        new = jnp.stack(
+            [old[REC_FIRST_ADMIT], old[REC_ADMIT], tok_final, -1, -1, old[REC_NPRE] + 1]
+        )
+        st = st._replace(rec=st.rec.at[ri].set(new, mode="drop"))
+    return st
+
+
+def step_records(state: _State, num_records: int, num_steps: int) -> dict:
+    """Per-request records in steps from a final state, (traj, req); -1 where it did not
+    happen by the end of the run (tentative steps past the horizon are cleared)."""
+    rec = np.asarray(state.rec)[:, :num_records].astype(np.int64)
+    tok_final, tok_last = rec[..., REC_TOK_FINAL], rec[..., REC_TOK_LAST]
+    finish = rec[..., REC_FINISH]
+    last = num_steps - 1
+    return {
+        "first_admit_step": rec[..., REC_FIRST_ADMIT],
+        "admit_step": rec[..., REC_ADMIT],
+        "first_token_step": np.where(
+            tok_final >= 0, tok_final, np.where((tok_last >= 0) & (tok_last <= last), tok_last, -1)
+        ),
+        "finish_step": np.where((finish >= 0) & (finish <= last), finish, -1),
+        "num_preempted": rec[..., REC_NPRE],
+    }
 
 
 class RolloutOut(NamedTuple):
@@ -1140,29 +1147,27 @@ def _warmup(nb: int, frac: float) -> int:
 def _records_in_seconds(state, wl, params, cfg, clock_fn, T):
     """Per-request step records -> seconds (nan where an event did not happen)."""
     rr = cfg.num_records
-    f = lambda x: np.asarray(x)[:, :rr].astype(np.int64)  # noqa: E731
-    first_admit = f(state.rec_first_admit)
-    tok_final, tok_last, finish = f(state.rec_tok_final), f(state.rec_tok_last), f(state.rec_finish)
-    tok = np.where(
-        tok_final >= 0, tok_final, np.where((tok_last >= 0) & (tok_last <= T - 1), tok_last, -1)
-    )
-    finish = np.where((finish >= 0) & (finish <= T - 1), finish, -1)
+    rec = step_records(state, rr, T)
     if clock_fn is None:
         b = np.asarray(params.batch_time_s, np.float64)[:, None]
-        start = lambda k: np.where(k >= 0, k * b, np.nan)  # noqa: E731  clock at a step's start
+
+        def start(k):  # clock at a step's start (constant b̄: exact by Kahan summation)
+            return np.where(k >= 0, k * b, np.nan)
     else:
         bt = np.concatenate([s.batch_time_s for s in clock_fn], axis=1).astype(np.float64)
         clock = np.concatenate([np.zeros((bt.shape[0], 1)), np.cumsum(bt, axis=1)], axis=1)
-        start = lambda k: np.where(
-            k >= 0, np.take_along_axis(clock, np.maximum(k, 0), axis=1), np.nan
-        )  # noqa: E731
+
+        def start(k):
+            return np.where(k >= 0, np.take_along_axis(clock, np.maximum(k, 0), axis=1), np.nan)
+
     lam = np.asarray(params.arrival_rate_per_s, np.float64)[:, None]
     arr = np.asarray(wl.arrival_epoch, np.float64)[:, :rr] / lam
     if cfg.saturated:
         arr = np.zeros_like(arr)
-    admit_s = start(first_admit)
+    tok, fin = rec["first_token_step"], rec["finish_step"]
+    admit_s = start(rec["first_admit_step"])
     tok_s = start(np.where(tok >= 0, tok + 1, -1))
-    fin_s = start(np.where(finish >= 0, finish + 1, -1))
+    fin_s = start(np.where(fin >= 0, fin + 1, -1))
     return {
         "arrival_s": arr,
         "first_admit_s": admit_s,
@@ -1171,5 +1176,5 @@ def _records_in_seconds(state, wl, params, cfg, clock_fn, T):
         "wait_s": admit_s - arr,
         "ttft_s": tok_s - arr,
         "latency_s": fin_s - arr,
-        "preemptions": f(state.rec_npre),
+        "preemptions": rec["num_preempted"],
     }

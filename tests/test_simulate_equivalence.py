@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kvstab import reference
-from kvstab.simulate import SimConfig, SimParams, batch_rollout
+from kvstab.simulate import SimConfig, SimParams, batch_rollout, step_records
 from kvstab.workload import Workload
 
 
@@ -112,17 +112,15 @@ def assert_same(ref, out, T):
     np.testing.assert_allclose(np.asarray(st.batch_time_s[0]), ref.batch_time_s, rtol=1e-6)
     assert int(f.p_arr[0]) == ref.num_arrived
     assert int(f.flags[0]) & 0b110011 == 0  # no cap flags, no invariant break
-    np.testing.assert_array_equal(np.asarray(f.rec_first_admit[0]), ref.first_admit_step)
-    np.testing.assert_array_equal(np.asarray(f.rec_admit[0]), ref.admit_step)
-    np.testing.assert_array_equal(np.asarray(f.rec_npre[0]), ref.num_preempted)
-    finish = np.asarray(f.rec_finish[0])
-    finish = np.where(finish <= T - 1, finish, -1)
-    np.testing.assert_array_equal(finish, ref.finish_step)
-    tok_final, tok_last = np.asarray(f.rec_tok_final[0]), np.asarray(f.rec_tok_last[0])
-    tok = np.where(
-        tok_final >= 0, tok_final, np.where((tok_last >= 0) & (tok_last <= T - 1), tok_last, -1)
-    )
-    np.testing.assert_array_equal(tok, ref.first_token_step)
+    rec = {k: v[0] for k, v in step_records(f, len(ref.finish_step), T).items()}
+    for name in (
+        "first_admit_step",
+        "admit_step",
+        "first_token_step",
+        "finish_step",
+        "num_preempted",
+    ):
+        np.testing.assert_array_equal(rec[name], getattr(ref, name), err_msg=name)
 
 
 POLICIES = list(itertools.product(["current", "reserve"], ["recompute", "swap"], ["fcfs", "spf"]))

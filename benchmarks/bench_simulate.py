@@ -1,0 +1,115 @@
+"""Simulator throughput benchmark (issue 3): the 1:1 workload at saturation.
+
+Prints and writes (JSON) compile time, steady-state completed requests simulated per second,
+trajectory-steps per second, state memory per trajectory, and the same workload through the
+plain-Python reference for the speed ratio. Runs on whatever JAX backend is active (CPU here,
+GPU when JAX's CUDA build is installed).
+
+    python benchmarks/bench_simulate.py                       # N=2048, 4096 steps
+    python benchmarks/bench_simulate.py --trajectories 65536  # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kvstab import analytic, reference
+from kvstab.laws import Independent, Uniform
+from kvstab.results import write_json
+from kvstab.simulate import SimConfig, SimParams, batch_rollout, init_state
+from kvstab.workload import sample_workload
+
+M, CHUNK, B = 131000, 512, 0.0372
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trajectories", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=4096)
+    ap.add_argument("--overflow", choices=("recompute", "swap"), default="recompute")
+    ap.add_argument("--reference-steps", type=int, default=4096)
+    ap.add_argument("--out", default=None, help="JSON results file (default benchmarks/results/)")
+    args = ap.parse_args(argv)
+
+    law = Independent(Uniform(10, 1600), Uniform(10, 1600))
+    n, T = args.trajectories, args.steps
+    eg = float(analytic.mean_g(law, CHUNK))
+    num_requests = int(1.3 * T * M / eg) + 2048
+    wl = sample_workload(jax.random.PRNGKey(0), law, num_trajectories=n,
+                         num_requests=num_requests, arrivals="saturated")
+    cfg = SimConfig(chunk_tokens=CHUNK, num_steps=T, block_steps=64, saturated=True,
+                    overflow=args.overflow, max_running=1024, max_preempted=1024, cal_len=2048)
+    params = SimParams(jnp.full(n, M, jnp.int32), jnp.ones(n, jnp.float32),
+                       jnp.full(n, B, jnp.float32), jnp.zeros((n, 4), jnp.float32))
+    state_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(init_state(cfg, n)))
+    wl_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(wl))
+
+    t0 = time.perf_counter()
+    out = batch_rollout(wl, params, None, cfg)
+    jax.block_until_ready(out)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = batch_rollout(wl, params, None, cfg)
+    jax.block_until_ready(out)
+    run = time.perf_counter() - t0
+    completed = int(np.asarray(out.final.completed).sum())
+    flags = int(np.bitwise_or.reduce(np.asarray(out.final.flags)))
+    compile_s = max(first - run, 0.0)
+
+    # The reference on one trajectory of the same workload.
+    rs = np.asarray(wl.prompt[0])
+    ro = np.asarray(wl.output[0])
+    t0 = time.perf_counter()
+    ref = reference.simulate(None, rs, ro, kv_capacity_tokens=M, chunk_tokens=CHUNK,
+                             num_steps=args.reference_steps, saturated=True,
+                             overflow=args.overflow, batch_time_s=B)
+    ref_s = time.perf_counter() - t0
+    ref_rate = ref.num_completed / ref_s
+
+    dev = jax.devices()[0]
+    res = {
+        "benchmark": "simulate: 1:1 workload at saturation",
+        "backend": jax.default_backend(),
+        "device": str(getattr(dev, "device_kind", dev.platform)),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "trajectories": n,
+        "steps": T,
+        "overflow": args.overflow,
+        "compile_s": compile_s,
+        "run_s": run,
+        "completed": completed,
+        "completed_per_s": completed / run,
+        "trajectory_steps_per_s": n * T / run,
+        "us_per_trajectory_step": run / (n * T) * 1e6,
+        "state_bytes_per_trajectory": state_bytes / n,
+        "workload_bytes_per_trajectory": wl_bytes / n,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "flags": flags,
+        "reference_steps": args.reference_steps,
+        "reference_completed_per_s": ref_rate,
+        "speedup_vs_reference": (completed / run) / ref_rate,
+        "completions_per_step": completed / (n * T),
+        "theory_completions_per_step": M / eg,
+    }
+    for k, v in res.items():
+        print(f"{k:32s} {v:.4g}" if isinstance(v, float) else f"{k:32s} {v}")
+    path = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                    f"simulate_{res['backend']}_{n}x{T}.json")
+    write_json(path, {"kind": "benchmark", "result": res})
+    print(f"wrote {path}")
+    return 0 if flags == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
