@@ -2,21 +2,24 @@
 
 Everything is fitted by maximum likelihood (or a robust loss) with :mod:`optax`; the losses
 are pure ``jax.numpy`` functions of a ``NamedTuple`` of unconstrained parameters and of the
-data (passed as arguments, so refitting other data of the same size does not recompile), and
-one ``jit``-compiled optimizer step is driven from Python so that a ``progress`` callback can
-report each step. The optimizer is L-BFGS with a zoom line search (``optax.lbfgs``); all
-losses are smooth. Computations run in float32 (x64 is not enabled) and are written to stay
-accurate there: log-probabilities of small intervals use a series (:func:`log_ndtr_diff`),
-time gaps and token counts are rescaled to order one before optimizing, and reported
-log-likelihoods are re-evaluated in float64 on the host where cheap.
+data (passed as arguments, and padded to power-of-two sizes, so that refitting other data of
+a similar size does not recompile). The optimizer is L-BFGS: the direction from
+``optax.scale_by_lbfgs``, the step from a backtracking line search driven from Python
+(:func:`_minimize`), so that only the ``jit``-compiled value-and-gradient is compiled and a
+``progress`` callback reports each step; all losses are smooth. Computations run in float32
+(x64 is not enabled) and are written to stay accurate there: log-probabilities of small
+intervals use a series on exactly computed widths (:func:`log_ndtr_interval`), time gaps and
+token counts are rescaled to order one before optimizing, and reported log-likelihoods are
+re-evaluated in float64 on the host where cheap.
 
 Arrivals (PAPER.md §1: Poisson in the paper; going beyond it for bursty traces):
 
-* :func:`fit_poisson`: rate MLE λ̂ = (n−1)/Σ gaps, closed form.
+* :func:`fit_poisson`: rate MLE λ̂ = n/Σ x over the n gaps x, closed form.
 * :func:`fit_gamma_renewal`: i.i.d. gamma gaps (shape k, rate β): CV = 1/√k.
 * :func:`fit_mmpp2`: a two-state Markov-modulated Poisson process.
 * :func:`fit_arrivals`: all of them, compared by log-likelihood and AIC.
-* :func:`sample_arrivals`: arrival times from any fitted model, for the simulator.
+* :func:`sample_arrivals` / :func:`sample_gaps`: arrival times (or gaps) from any fitted
+  model, for the simulator.
 
 Lengths: :class:`CopulaLogNormal`, a :class:`~kvstab.laws.JointLaw` whose marginals are
 discretized log-normals (or mixtures of them, :class:`DiscreteLogNormalMixture`) truncated to
@@ -43,6 +46,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping
+from statistics import NormalDist
 from typing import Any, NamedTuple
 
 import jax
@@ -62,7 +66,7 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _SCORE_EDGE = 40.0  # normal score standing for ±∞ (Φ(−40) = 0 in float32, log Φ finite)
 _TINY_P = 1e-30  # probabilities are clamped here before Φ⁻¹ (|Φ⁻¹(1e-30)| = 11.46)
 _RHO_MAX = 0.999
-_GL_CELL = 8  # Gauss-Legendre nodes per cell of the outer variable in mean_g
+_GL_CELL = 16  # Gauss-Legendre nodes per cell of the outer variable in mean_g
 _GL_PAIR = 16  # Gauss-Legendre nodes per cell in the pair log-probability
 _M_GRID = 4096  # grid points for the inner conditional mean m(z) in mean_g
 _M_GRID_EDGE = 12.0
@@ -75,20 +79,29 @@ _M_GRID_EDGE = 12.0
 def log_ndtr_diff(a, b):
     """log(Φ(b) − Φ(a)) elementwise for a ≤ b, accurate in float32 everywhere.
 
-    Narrow intervals (h·(1+|m|) < 0.5 with h = b − a, m = (a+b)/2) use the Taylor series
-    Φ(m+h/2) − Φ(m−h/2) = h·φ(m)·[1 + h²(m²−1)/24 + h⁴(m⁴−6m²+3)/1920 + O(h⁶m⁶)] (relative
-    error < 1e-7 under the condition); wider ones the difference of log Φ on the side of the
-    lighter tail (mirrored so that m ≤ 0), which loses less than one digit there. Both
-    branches get sanitised inputs so that gradients are finite. Intervals of width 0 are
-    treated as width 1e-30.
+    See :func:`log_ndtr_interval`, which takes the width b − a directly: use it when the
+    width is known more precisely than the difference of two rounded ends.
     """
     a = jnp.asarray(a)
-    b = jnp.asarray(b)
-    flip = (a + b) > 0
-    lo = jnp.where(flip, -b, a)
-    hi = jnp.where(flip, -a, b)
-    h = hi - lo
-    m = 0.5 * (lo + hi)
+    return log_ndtr_interval(a, jnp.asarray(b) - a)
+
+
+def log_ndtr_interval(a, h):
+    """log(Φ(a + h) − Φ(a)) elementwise for widths h ≥ 0, accurate in float32 everywhere.
+
+    Narrow intervals (h·(1+|m|) < 0.5, m = a + h/2 the midpoint) use the Taylor series
+    Φ(m+h/2) − Φ(m−h/2) = h·φ(m)·[1 + h²(m²−1)/24 + h⁴(m⁴−6m²+3)/1920 + O(h⁶m⁶)] (relative
+    error < 1e-7 under the condition), so their relative accuracy is that of h itself; wider
+    ones the difference of log Φ on the side of the lighter tail (mirrored so that m ≤ 0),
+    which loses less than one digit there. Both branches get sanitised inputs so that
+    gradients are finite. Width 0 is treated as 1e-30.
+    """
+    a = jnp.asarray(a)
+    h = jnp.asarray(h)
+    m = a + 0.5 * h
+    flip = m > 0  # mirror: Φ(b) − Φ(a) = Φ(−a) − Φ(−b)
+    m = jnp.where(flip, -m, m)
+    lo = jnp.where(flip, -(a + h), a)
     narrow = h * (1.0 + jnp.abs(m)) < 0.5
     hs = jnp.maximum(jnp.where(narrow, h, 0.1), 1e-30)
     ms = jnp.where(narrow, m, 0.0)
@@ -97,7 +110,7 @@ def log_ndtr_diff(a, b):
     corr = h2 * (m2 - 1.0) / 24.0 + h2 * h2 * (m2 * m2 - 6.0 * m2 + 3.0) / 1920.0
     series = jnp.log(hs) - 0.5 * m2 - _LOG_SQRT_2PI + jnp.log1p(corr)
     lo_w = jnp.where(narrow, -1.0, lo)
-    hi_w = jnp.where(narrow, 0.0, hi)
+    hi_w = jnp.where(narrow, 0.0, lo + h)
     l_hi, l_lo = log_ndtr(jnp.stack([hi_w, lo_w]))  # one call site: a smaller XLA program
     wide = l_hi + jnp.log1p(-jnp.exp(jnp.minimum(l_lo - l_hi, -1e-7)))
     return jnp.where(narrow, series, wide)
@@ -144,17 +157,17 @@ def _minimize(
     compiled (an in-graph line search would put several copies of the loss into one XLA
     program and multiply the compile time). Stops when the gradient norm falls below
     ``grad_tol``, when the loss has changed by less than ``rel_tol`` (relative) for 5
-    consecutive steps, when no step along the direction decreases the loss, or after
-    ``steps`` steps.
+    consecutive steps, when no step decreases the loss along the L-BFGS direction nor (after
+    a memory reset) along steepest descent, or after ``steps`` steps.
     """
     check_number("steps", steps, low=1, integer=True)
     vg, direction = _compiled(loss)
+
     # Strong dtypes: optax initialises counters as weak-typed scalars; the first update would
     # otherwise return differently typed state and compile a second time.
-    fresh = lambda p: jax.tree.map(
-        lambda x: jnp.array(x, dtype=x.dtype),  # noqa: E731
-        _LBFGS.init(p),
-    )
+    def fresh(p):
+        return jax.tree.map(lambda x: jnp.array(x, dtype=x.dtype), _LBFGS.init(p))
+
     state = fresh(params)
     value, grad = vg(params, data)
     value = float(value)
@@ -167,25 +180,34 @@ def _minimize(
     quiet = 0
     n = 0
     for n in range(1, int(steps) + 1):
-        d, new_state, slope = direction(grad, state, params)
-        if not float(slope) < 0:  # not a descent direction: restart from steepest descent
-            state = fresh(params)
+        accepted = False
+        for restart in (False, True):
+            if restart:  # the quasi-Newton model failed: forget it, retry steepest descent
+                state = fresh(params)
             d, new_state, slope = direction(grad, state, params)
-        alpha, accepted = 1.0, False
-        for _ in range(12):
-            trial = jax.tree.map(lambda x, u: x + alpha * u, params, d)
-            t_value, t_grad = vg(trial, data)
-            t_value = float(t_value)
-            if math.isfinite(t_value) and t_value <= value + 1e-4 * alpha * float(slope):
-                accepted = True
+            if not float(slope) < 0:  # not a descent direction
+                continue
+            accepted, alpha = False, 1.0
+            for _ in range(12):
+                trial = jax.tree.map(lambda x, u, a=alpha: x + a * u, params, d)
+                t_value, t_grad = vg(trial, data)
+                t_value = float(t_value)
+                if math.isfinite(t_value) and t_value <= value + 1e-4 * alpha * float(slope):
+                    accepted = True
+                    break
+                if abs(alpha * float(slope)) <= 1e-7 * max(1.0, abs(value)):
+                    break  # the predicted decrease is below float32 resolution
+                alpha *= 0.5
+            if accepted:
                 break
-            if math.isfinite(t_value) and abs(t_value - value) <= 1e-6 * max(1.0, abs(value)):
-                break  # the change is float32 rounding: no decrease is resolvable from here
-            alpha *= 0.5
         if not accepted:
-            # No decrease along a descent direction within float32 resolution: at the optimum
-            # up to rounding when the gradient is small.
-            converged = float(_tree_norm(grad)) < 100 * grad_tol
+            # No resolvable decrease along either direction. Converged if the quasi-Newton
+            # model predicts less than 1e-5 (relative) left to gain, f − f* ≈ −gᵀd/2: below
+            # that the float32 loss cannot rank the candidates.
+            d, _, slope = direction(grad, fresh(params) if restart else state, params)
+            converged = float(_tree_norm(grad)) < grad_tol or -float(slope) / 2 < 1e-5 * max(
+                1.0, abs(value)
+            )
             break
         change = abs(value - t_value) / max(1.0, abs(value))
         params, state, value, grad = trial, new_state, t_value, t_grad
@@ -429,8 +451,9 @@ def fit_gamma_renewal(
 ) -> GammaRenewalFit:
     """MLE of a gamma renewal process (gaps i.i.d. Gamma(k, β)) with optax L-BFGS.
 
-    Gaps are divided by their mean before fitting (so β̃ = k at the optimum, order one) and
-    the rate is scaled back. The log-likelihood is re-evaluated in float64.
+    Gaps are divided by their mean before fitting (so β̃ = k at the optimum, order one); the
+    reported rate is the closed-form conditional MLE β = k / mean gap at the fitted k, and the
+    log-likelihood is re-evaluated in float64.
 
     Args:
         data: a trace or an array of gaps (s); all gaps must be > 0.
@@ -448,7 +471,9 @@ def fit_gamma_renewal(
         _gamma_loss, p0, stats, steps=steps, label="gamma_renewal", progress=progress
     )
     k = float(jnp.exp(p.log_shape))
-    beta = float(jnp.exp(p.log_rate)) / scale
+    # Given k the rate MLE is k / mean gap in closed form; using it removes the float32
+    # optimizer's last digits from the reported rate (which must equal the Poisson MLE).
+    beta = k / float(gaps.mean())
     ll = float(
         gaps.size * (k * math.log(beta) - math.lgamma(k))
         + (k - 1.0) * np.log(gaps).sum()
@@ -602,28 +627,26 @@ def fit_arrivals(
     )
 
 
-def sample_arrivals(model: ArrivalModel, key: jax.Array, n: int) -> jax.Array:
-    """Arrival times (seconds, float32 [n], non-decreasing) of n requests from a fitted model.
+def sample_gaps(model: ArrivalModel, key: jax.Array, n: int) -> jax.Array:
+    """n inter-arrival gaps (seconds, float32 [n]) from a fitted arrival model.
 
-    Times are cumulative sums of n gaps from t = 0 (the first request arrives after one gap).
     Renewal models draw i.i.d. gaps; the MMPP starts in its stationary state law and is
     simulated event by event (``lax.scan`` over arrivals, ``lax.while_loop`` over state
-    switches). Float32 times have a resolution of about 1e-7 × t.
+    switches), so its gaps are dependent.
 
     Args:
         model: a :class:`PoissonFit`, :class:`GammaRenewalFit` or :class:`MMPP2Fit`.
         key: JAX PRNG key.
-        n: number of arrivals, ≥ 1.
+        n: number of gaps, ≥ 1.
     """
     check_number("n", n, low=1, integer=True)
     n = int(n)
     if isinstance(model, PoissonFit):
-        gaps = jax.random.exponential(key, (n,)) / model.rate_per_s
-        return jnp.cumsum(gaps)
+        return jax.random.exponential(key, (n,)) / model.rate_per_s
     if isinstance(model, GammaRenewalFit):
         # Sample log-gaps: with shape k ≪ 1 most gamma draws underflow float32 otherwise.
         log_g = jax.random.loggamma(key, jnp.float32(model.shape), (n,))
-        return jnp.cumsum(jnp.exp(log_g - math.log(model.rate_param_per_s)))
+        return jnp.exp(log_g - math.log(model.rate_param_per_s))
     if isinstance(model, MMPP2Fit):
         return _sample_mmpp(
             jnp.asarray(model.rates_per_s, jnp.float32),
@@ -636,28 +659,43 @@ def sample_arrivals(model: ArrivalModel, key: jax.Array, n: int) -> jax.Array:
     )
 
 
+def sample_arrivals(model: ArrivalModel, key: jax.Array, n: int) -> jax.Array:
+    """Arrival times (seconds, float32 [n], non-decreasing) of n requests from a fitted model.
+
+    The cumulative sum of :func:`sample_gaps` from t = 0 (the first request arrives after
+    one gap). Float32 times resolve about 6e-8·t: over an hour (t ≈ 3600 s) gaps below
+    about 0.2 ms can round to exact ties; use :func:`sample_gaps` where gaps must be exact.
+
+    Args:
+        model: a :class:`PoissonFit`, :class:`GammaRenewalFit` or :class:`MMPP2Fit`.
+        key: JAX PRNG key.
+        n: number of arrivals, ≥ 1.
+    """
+    return jnp.cumsum(sample_gaps(model, key, n))
+
+
 @functools.partial(jax.jit, static_argnums=(3,))
 def _sample_mmpp(lam, q, key, n):
+    """Gaps of a stationary 2-state MMPP: per arrival, run the state chain until an arrival."""
     key_state, key_path = jax.random.split(key)
-    p1 = q[0] / (q[0] + q[1])
-    state0 = jax.random.bernoulli(key_state, p1).astype(jnp.int32)
+    state0 = jax.random.bernoulli(key_state, q[0] / (q[0] + q[1])).astype(jnp.int32)
 
-    def one_arrival(carry, k):
-        state, t = carry
-
+    def one_arrival(state, k):
         def body(c):
-            state, t, k, _ = c
+            state, gap, k, _ = c
             k, k_time, k_kind = jax.random.split(k, 3)
             total = lam[state] + q[state]
-            t = t + jax.random.exponential(k_time) / total
+            gap = gap + jax.random.exponential(k_time) / total
             arrived = jax.random.uniform(k_kind) * total < lam[state]
-            return jnp.where(arrived, state, 1 - state), t, k, arrived
+            return jnp.where(arrived, state, 1 - state), gap, k, arrived
 
-        state, t, _, _ = jax.lax.while_loop(lambda c: ~c[3], body, (state, t, k, False))
-        return (state, t), t
+        state, gap, _, _ = jax.lax.while_loop(
+            lambda c: ~c[3], body, (state, jnp.float32(0.0), k, False)
+        )
+        return state, gap
 
-    _, times = jax.lax.scan(one_arrival, (state0, jnp.float32(0.0)), jax.random.split(key_path, n))
-    return times
+    _, gaps = jax.lax.scan(one_arrival, state0, jax.random.split(key_path, n))
+    return gaps
 
 
 # ---------------------------------------------------------------------------------------
@@ -668,11 +706,14 @@ def _mix_log_interval(mu, sigma, logw, x_lo, x_hi):
     """log Σ_c w_c P(x_lo < exp(N(μ_c, σ_c²)) ≤ x_hi), elementwise over x (components last).
 
     Callers stack all the intervals they need into one call: the graph (and so the compile
-    time) grows with the number of call sites of :func:`log_ndtr_diff`, not with their size.
+    time) grows with the number of call sites of :func:`log_ndtr_interval`, not with their
+    size.
     """
     za = (jnp.log(x_lo)[..., None] - mu) / sigma
-    zb = (jnp.log(x_hi)[..., None] - mu) / sigma
-    return logsumexp(logw + log_ndtr_diff(za, zb), axis=-1)
+    # The width from log1p of the exact ratio: ln(k+½) − ln(k−½) as a difference of rounded
+    # logs would lose every digit for k ~ 10⁵ in float32.
+    width = jnp.log1p(jnp.maximum(x_hi - x_lo, 0.0) / x_lo)[..., None] / sigma
+    return logsumexp(logw + log_ndtr_interval(za, width), axis=-1)
 
 
 def _marginal_parts(mu, sigma, logw, cap, k):
@@ -734,13 +775,15 @@ def _scores(f, sf):
     return jnp.where(f <= 0, -_SCORE_EDGE, jnp.where(sf <= 0, _SCORE_EDGE, z))
 
 
-def _padded_size(cap: int) -> int:
-    """Static table size for a support 1..cap: the next power of two ≥ cap (at least 1024).
+def _padded_size(n: int) -> int:
+    """Static array size for n items (a support 1..cap, or n data rows): the next power of
+    two ≥ n, at least 1024.
 
-    Kernels take the cap itself as an array and mask k > cap, so laws whose caps fall in the
-    same bucket share one compiled program (a sweep over caps does not recompile each time).
+    Kernels take the cap (or a row weight) as an array and mask the padding, so laws whose
+    caps, and data sets whose sizes, fall in the same bucket share one compiled program (a
+    sweep over caps does not recompile each time).
     """
-    return max(1024, 1 << (int(cap) - 1).bit_length())
+    return max(1024, 1 << (int(n) - 1).bit_length())
 
 
 def _marginal_cells(mu, sigma, logw, cap, size: int):
@@ -755,6 +798,9 @@ def _marginal_scores(mu, sigma, logw, cap, size: int):
     """Copula thresholds Φ⁻¹(P(K ≤ k)) for k = 1..size−1 (+40 from k = cap on)."""
     _, _, f_hi, _, sf_hi = _marginal_cells(mu, sigma, logw, cap, size)
     return _scores(f_hi[:-1], sf_hi[:-1])
+
+
+_log_pmf_kernel = jax.jit(_marginal_log_pmf)
 
 
 @functools.partial(jax.jit, static_argnames=("size",))
@@ -798,18 +844,21 @@ class DiscreteLogNormalMixture(LengthLaw):
         w = jnp.atleast_1d(jnp.asarray(self.weights, jnp.float32))
         if mu.ndim != 1 or mu.shape != sg.shape or mu.shape != w.shape:
             raise InputError("mu", "mu, sigma and weights need one entry per component")
-        mun, sgn, wn = np.asarray(mu), np.asarray(sg), np.asarray(w)
+        check_number("cap", self.cap, low=1, integer=True)
+        object.__setattr__(self, "cap", int(self.cap))
+        object.__setattr__(self, "mu", mu)
+        object.__setattr__(self, "sigma", sg)
+        object.__setattr__(self, "weights", w / jnp.sum(w))
+        try:  # values can be checked only when concrete (not under jit or grad)
+            mun, sgn, wn = np.asarray(mu), np.asarray(sg), np.asarray(w)
+        except jax.errors.TracerArrayConversionError:
+            return
         if not np.all(np.isfinite(mun)):
             raise InputError("mu", f"must be finite, got {mun.tolist()}")
         if not np.all(np.isfinite(sgn)) or np.any(sgn <= 0):
             raise InputError("sigma", f"must be finite and > 0, got {sgn.tolist()}")
         if np.any(~np.isfinite(wn)) or np.any(wn < 0) or abs(wn.sum() - 1.0) > 1e-4:
             raise InputError("weights", f"must be >= 0 and sum to 1, got {wn.tolist()}")
-        check_number("cap", self.cap, low=1, integer=True)
-        object.__setattr__(self, "mu", mu)
-        object.__setattr__(self, "sigma", sg)
-        object.__setattr__(self, "weights", w / jnp.sum(w))
-        object.__setattr__(self, "cap", int(self.cap))
 
     @property
     def num_components(self) -> int:
@@ -850,8 +899,7 @@ class DiscreteLogNormalMixture(LengthLaw):
     def log_pmf(self, k) -> jax.Array:
         """log P(K = k) for integer lengths k (array), −inf outside 1..cap."""
         k = jnp.asarray(k, jnp.float32)
-        mu, sg, lw, cap = self._args()
-        lp = _marginal_log_pmf(mu, sg, lw, cap, jnp.clip(k, 1.0, float(self.cap)))
+        lp = _log_pmf_kernel(*self._args(), jnp.clip(k, 1.0, float(self.cap)))
         return jnp.where((k >= 1) & (k <= self.cap), lp, -jnp.inf)
 
     def table(self):
@@ -1010,10 +1058,11 @@ def _copula_mean_g_kernel(args_s, args_o, rho, chunk_tokens, paper, size_s, size
 
     cells_s = _marginal_cells(*args_s, size_s)
     cells_o = _marginal_cells(*args_o, size_o)
+    # The inner thresholds come from the cells already computed (no second copy in the graph).
     if size_s >= size_o:
-        e_so = _cross_moment(cells_s, _marginal_scores(*args_o, size_o), rho)
+        e_so = _cross_moment(cells_s, _scores(cells_o[2][:-1], cells_o[4][:-1]), rho)
     else:
-        e_so = _cross_moment(cells_o, _marginal_scores(*args_s, size_s), rho)
+        e_so = _cross_moment(cells_o, _scores(cells_s[2][:-1], cells_s[4][:-1]), rho)
     s = jnp.arange(1, size_s + 1, dtype=jnp.float32)
     o = jnp.arange(1, size_o + 1, dtype=jnp.float32)
     prefill = jnp.where(
@@ -1133,7 +1182,8 @@ def _init_marginal(x: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarr
 
 def _normal_scores_of_ranks(x: np.ndarray) -> np.ndarray:
     ranks = np.argsort(np.argsort(x, kind="stable"), kind="stable")
-    return np.asarray(ndtri(jnp.asarray((ranks + 0.5) / x.size, jnp.float32)), np.float64)
+    inv = NormalDist().inv_cdf  # host float64; avoids compiling an op for every data size
+    return np.array([inv(v) for v in (ranks + 0.5) / x.size])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1178,6 +1228,45 @@ class CopulaFit:
             "steps": self.steps,
             "converged": self.converged,
         }
+
+
+def _unconstrained(law: CopulaLogNormal) -> _CopulaParams:
+    """The optimizer's parameters of a law (inverse of :func:`_to_natural`)."""
+    m_s, m_o = law.prompt, law.output
+    return _CopulaParams(
+        m_s.mu,
+        jnp.log(m_s.sigma),
+        jnp.log(jnp.maximum(m_s.weights, 1e-30)),
+        m_o.mu,
+        jnp.log(m_o.sigma),
+        jnp.log(jnp.maximum(m_o.weights, 1e-30)),
+        jnp.arctanh(jnp.clip(law.rho / _RHO_MAX, -1 + 1e-7, 1 - 1e-7)),
+    )
+
+
+def _loss_data(s, o, cap_s: int, cap_o: int, size: int | None = None):
+    """Padded (s, o, weight, cap_s, cap_o) for :func:`_copula_loss`; padding has weight 0.
+
+    Sizes are rounded up to :func:`_padded_size` so that data sets of similar size share one
+    compiled likelihood.
+    """
+    s = np.asarray(s)
+    size = _padded_size(s.size) if size is None else max(size, _padded_size(s.size))
+    pad = size - s.size
+    return (
+        jnp.asarray(np.pad(s, (0, pad), constant_values=1), jnp.float32),
+        jnp.asarray(np.pad(np.asarray(o), (0, pad), constant_values=1), jnp.float32),
+        jnp.asarray(np.pad(np.ones(s.size), (0, pad)), jnp.float32),
+        jnp.float32(cap_s),
+        jnp.float32(cap_o),
+    )
+
+
+def _mean_loglik(law: CopulaLogNormal, s, o, size: int | None = None) -> float:
+    """Mean log P(s, o) per pair (nats) through the fitting kernel (data padded to ``size``)."""
+    vg, _ = _compiled(_copula_loss)
+    value, _ = vg(_unconstrained(law), _loss_data(s, o, law.prompt.cap, law.output.cap, size))
+    return -float(value)
 
 
 def fit_copula_lognormal(
@@ -1236,15 +1325,7 @@ def fit_copula_lognormal(
         f32(np.arctanh(rho0 / _RHO_MAX)),
     )
     # Pad to a power of two (weight 0) so that data sets of similar size share one compile.
-    size = _padded_size(s.size)
-    pad = size - s.size
-    data = (
-        f32(np.pad(s, (0, pad), constant_values=1)),
-        f32(np.pad(o, (0, pad), constant_values=1)),
-        f32(np.pad(np.ones(s.size), (0, pad))),
-        jnp.float32(cap_s),
-        jnp.float32(cap_o),
-    )
+    data = _loss_data(s, o, cap_s, cap_o)
     p, loss, n, conv = _minimize(
         _copula_loss, p0, data, steps=steps, label="lengths", progress=progress
     )
@@ -1367,7 +1448,8 @@ def fit_lengths(
     The paper fits p(s, o) on 80 % of its LongBench trace and tests on 20 % (PAPER.md §4);
     the split is chronological (:meth:`Trace.split`). Reports E[g] of the fit against the
     empirical E[g] of both parts, the implied μ = M/(b̄·E[g]) of each, the held-out
-    log-likelihood (test rows outside the fitted support are counted, not scored) and QQ data.
+    log-likelihood per request (test rows beyond the fitted caps are counted, not scored) and
+    QQ data.
 
     Args:
         trace: the trace.
@@ -1388,8 +1470,12 @@ def fit_lengths(
         train.prompt, train.output, components=components, steps=steps, progress=progress
     )
     law = fit.law
-    lp = np.asarray(law.log_prob(test.prompt, test.output), np.float64)
-    inside = np.isfinite(lp)
+    inside = (test.prompt <= law.prompt.cap) & (test.output <= law.output.cap)
+    ll_test = None
+    if inside.any():  # through the fitting kernel, padded like the training data
+        ll_test = _mean_loglik(
+            law, test.prompt[inside], test.output[inside], _padded_size(fit.num_requests)
+        )
     return LengthFitReport(
         fit=fit,
         source=trace.source,
@@ -1401,9 +1487,9 @@ def fit_lengths(
         batch_time_s=float(batch_time_s),
         mean_g_fit=float(law.mean_g(int(chunk_tokens), "exact")),
         mean_g_fit_paper=float(law.mean_g(int(chunk_tokens), "paper")),
-        mean_g_train=float(train.joint_law().mean_g(int(chunk_tokens), "exact")),
-        mean_g_test=float(test.joint_law().mean_g(int(chunk_tokens), "exact")),
-        loglik_test_per_request=float(lp[inside].mean()) if inside.any() else None,
+        mean_g_train=train.mean_g(int(chunk_tokens), "exact"),
+        mean_g_test=test.mean_g(int(chunk_tokens), "exact"),
+        loglik_test_per_request=ll_test,
         num_test_outside_support=int((~inside).sum()),
         qq={
             "prompt": qq_data(law.prompt, test.prompt, qq_points),

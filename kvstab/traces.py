@@ -156,6 +156,25 @@ class Trace:
 
         return JointEmpirical(self.prompt, self.output)
 
+    def mean_g(self, chunk_tokens: int = 512, form: str = "exact") -> float:
+        """Empirical E[g(s, o)] over the requests, token·steps (PAPER.md §2), in float64.
+
+        g = prefill + s·o + o(o+1)/2 with prefill Σ_{j=1}^{⌈s/ŝ⌉} min(jŝ, s) = ŝc(c−1)/2 + s,
+        c = ⌈s/ŝ⌉ (``"exact"``), or (1 + s/ŝ)s/2 (``"paper"``). The same value as
+        ``self.joint_law().mean_g(...)`` (float32, :func:`kvstab.analytic.g`) without JAX.
+        """
+        check_number("chunk_tokens", chunk_tokens, low=1, integer=True)
+        if form not in ("exact", "paper"):
+            raise InputError("g_form", f"must be one of exact, paper, got {form!r}")
+        s = self.prompt.astype(np.float64)
+        o = self.output.astype(np.float64)
+        if form == "paper":
+            prefill = (1.0 + s / chunk_tokens) * s / 2.0
+        else:
+            c = np.ceil(s / chunk_tokens)
+            prefill = chunk_tokens * c * (c - 1.0) / 2.0 + s
+        return float(np.mean(prefill + s * o + o * (o + 1.0) / 2.0))
+
     def _subset(self, sl: slice) -> Trace:
         t = self.arrival_s[sl]
         return Trace(
@@ -220,7 +239,6 @@ class Trace:
             if len(self) > 1 and s.std() > 0 and o.std() > 0
             else None
         )
-        law = self.joint_law()
         return {
             "source": self.source,
             "format": self.format,
@@ -235,8 +253,8 @@ class Trace:
             "output": _quantiles(self.output),
             "corr_prompt_output": corr,
             "chunk_tokens": int(chunk_tokens),
-            "mean_g_exact": float(law.mean_g(int(chunk_tokens), "exact")),
-            "mean_g_paper": float(law.mean_g(int(chunk_tokens), "paper")),
+            "mean_g_exact": self.mean_g(chunk_tokens, "exact"),
+            "mean_g_paper": self.mean_g(chunk_tokens, "paper"),
             "mean_o_s_plus_half_o": float(np.mean(o * (s + o / 2.0))),
         }
 
