@@ -975,6 +975,7 @@ def simulate(
     if replay is not None:
         params_base["lam"] = jnp.ones(rows, jnp.float32)
 
+    need_clock = bool(num_records) and batch_time_model != "constant"
     attempt = 0
     while True:
         attempt += 1
@@ -1018,7 +1019,8 @@ def simulate(
             max_preempted=sz["max_preempted"],
             cal_len=sz["cal_len"],
             num_records=min(int(num_records), wl.num_requests),
-            record_steps=bool(record_steps),
+            # records in seconds under a non-constant batch time need each step's duration
+            record_steps=bool(record_steps) or need_clock,
         )
         cfg.validate()
         params = SimParams(
@@ -1041,7 +1043,7 @@ def simulate(
             out = batch_rollout(wl, params, xi, cfg, state)
             state = out.final
             blocks.append(jax.tree_util.tree_map(np.asarray, out.blocks))
-            if record_steps:
+            if cfg.record_steps:
                 steps.append(jax.tree_util.tree_map(np.asarray, out.steps))
             if progress is not None:
                 progress((seg + 1) * seg_steps, T, attempt)
@@ -1177,4 +1179,7 @@ def _records_in_seconds(state, wl, params, cfg, clock_fn, T):
         "ttft_s": tok_s - arr,
         "latency_s": fin_s - arr,
         "preemptions": rec["num_preempted"],
+        "first_admit_step": rec["first_admit_step"],
+        "first_token_step": tok,
+        "finish_step": fin,
     }

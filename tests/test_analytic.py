@@ -10,7 +10,15 @@ import pytest
 
 from kvstab import analytic
 from kvstab.errors import InputError
-from kvstab.laws import Constant, Empirical, Geometric, Independent, JointEmpirical, LogNormal, Uniform
+from kvstab.laws import (
+    Constant,
+    Empirical,
+    Geometric,
+    Independent,
+    JointEmpirical,
+    LogNormal,
+    Uniform,
+)
 
 M, CHUNK = 131000, 512
 
@@ -37,7 +45,8 @@ def test_exact_and_paper_g_agree_when_chunk_divides_s():
         for mult, o in itertools.product([1, 2, 3, 5], [1, 7, 300]):
             s = mult * chunk
             assert float(analytic.g_exact(s, o, chunk)) == pytest.approx(
-                float(analytic.g_paper(s, o, chunk)), rel=1e-7)
+                float(analytic.g_paper(s, o, chunk)), rel=1e-7
+            )
     # ...and differ when it does not
     assert float(analytic.g_exact(10, 5, 4)) != pytest.approx(float(analytic.g_paper(10, 5, 4)))
 
@@ -84,8 +93,13 @@ def test_geometric_and_lognormal_sums_match_monte_carlo_free_references():
 
 def test_law_samples_follow_their_tables():
     key = jax.random.PRNGKey(0)
-    for law in (Uniform(10, 20), Geometric(12.0, cap=60), LogNormal(30.0, 0.5, cap=100),
-                Empirical([3, 3, 8, 20]), Constant(7)):
+    for law in (
+        Uniform(10, 20),
+        Geometric(12.0, cap=60),
+        LogNormal(30.0, 0.5, cap=100),
+        Empirical([3, 3, 8, 20]),
+        Constant(7),
+    ):
         x = np.asarray(law.sample(key, (40000,)))
         assert x.dtype == np.int32
         assert x.min() >= 1
@@ -100,8 +114,14 @@ def test_law_samples_follow_their_tables():
     [(1600, 1600, 0.0372, 3.263), (2133, 1066, 0.0430, 3.956), (1066, 2133, 0.0337, 2.902)],
 )
 def test_paper_table1_mu_theory(s_hi, o_hi, b, mu_paper):
-    rep = analytic.capacity(Uniform(10, s_hi), Uniform(10, o_hi), kv_capacity_tokens=M,
-                            chunk_tokens=CHUNK, batch_time_s=b, g_form="paper")
+    rep = analytic.capacity(
+        Uniform(10, s_hi),
+        Uniform(10, o_hi),
+        kv_capacity_tokens=M,
+        chunk_tokens=CHUNK,
+        batch_time_s=b,
+        g_form="paper",
+    )
     assert f"{rep.mu:.4g}" == f"{mu_paper:.4g}"
     assert rep.delta == pytest.approx(0.0244, abs=5e-5)
     assert rep.mu_stable == pytest.approx(rep.mu * (1 - rep.delta))
@@ -136,9 +156,17 @@ def _check_grads():
     ln = Independent(LogNormal(500.0, 0.6, cap=4000), Uniform(10, 500))
     g_ln = jax.grad(lambda law: mu(131000.0, 0.0372, law))(ln)
     for name, h in (("median", 1.0), ("sigma", 1e-3)):
+
         def at(v, name=name):
             kw = {"median": 500.0, "sigma": 0.6, name: v}
-            return float(mu(131000.0, 0.0372, Independent(LogNormal(kw["median"], kw["sigma"], cap=4000), ln.output)))
+            return float(
+                mu(
+                    131000.0,
+                    0.0372,
+                    Independent(LogNormal(kw["median"], kw["sigma"], cap=4000), ln.output),
+                )
+            )
+
         base = 500.0 if name == "median" else 0.6
         fd = (at(base + h) - at(base - h)) / (2 * h)
         assert float(getattr(g_ln.prompt, name)) == pytest.approx(fd, rel=2e-2)
@@ -180,5 +208,10 @@ def test_bad_input_raises_value_error_naming_the_field(kwargs, field, words):
 
 def test_unbounded_law_requires_a_cap():
     with pytest.raises(InputError, match="cap"):
-        analytic.capacity(Uniform(10, 100), Geometric(200.0), kv_capacity_tokens=M,
-                          chunk_tokens=CHUNK, batch_time_s=0.03)
+        analytic.capacity(
+            Uniform(10, 100),
+            Geometric(200.0),
+            kv_capacity_tokens=M,
+            chunk_tokens=CHUNK,
+            batch_time_s=0.03,
+        )

@@ -21,8 +21,22 @@ def run(capsys, *argv):
 
 @pytest.mark.parametrize("prompt,output,b,mu", TABLE1)
 def test_table1_json(capsys, prompt, output, b, mu):
-    code, out, _ = run(capsys, "--prompt", prompt, "--output", output, "--kv-tokens", "131000",
-                       "--chunk", "512", "--batch-time", b, "--g", "paper", "--json")
+    code, out, _ = run(
+        capsys,
+        "--prompt",
+        prompt,
+        "--output",
+        output,
+        "--kv-tokens",
+        "131000",
+        "--chunk",
+        "512",
+        "--batch-time",
+        b,
+        "--g",
+        "paper",
+        "--json",
+    )
     assert code == 0
     d = json.loads(out)
     assert f"{d['mu']:.4g}" == f"{mu:.4g}"
