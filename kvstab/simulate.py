@@ -79,6 +79,9 @@ class SimConfig:
         num_records: per-request records are kept for request ids < num_records.
         max_loop: cap on preemption + admission iterations in one step.
         record_steps: also emit per-step arrays (KV, queue, batch time, ...) of shape (traj, T).
+        preempt_window, admit_window: preemptions / FCFS admissions handled per loop iteration
+            (prefix sums over that many ring entries / queue-head candidates). Pure speed
+            knobs: the loops repeat until done, results do not depend on them.
     """
 
     chunk_tokens: int = 512
@@ -97,6 +100,8 @@ class SimConfig:
     num_records: int = 0
     max_loop: int = 1 << 20
     record_steps: bool = False
+    preempt_window: int = 4
+    admit_window: int = 4
 
     def validate(self) -> None:
         check_number("chunk_tokens", self.chunk_tokens, low=1, integer=True)
@@ -311,6 +316,151 @@ def _preempt_iter(st: _State, wl: Workload, params: SimParams, cfg: SimConfig) -
     return st._replace(tail=st.tail - active.astype(jnp.int32))
 
 
+def _apply_life_events(st: _State, do, a0, pos, s, o, cfg: SimConfig, sign) -> _State:
+    """Calendar updates of several requests at once (vectors over a window)."""
+    ev = jax.vmap(lambda d, a, p, ss, oo: _life_events(d, a, p, ss, oo, cfg, sign))
+    rows, deltas, done_row, done_delta = ev(do, a0, pos, s, o)
+    return st._replace(
+        cal_rate=st.cal_rate.at[rows.reshape(-1)].add(deltas.reshape(-1, 3), mode="drop"),
+        cal_done=st.cal_done.at[done_row].add(done_delta, mode="drop"),
+    )
+
+
+def _preempt_window(st: _State, wl: Workload, params: SimParams, cfg: SimConfig) -> _State:
+    """Step 3 for up to ``preempt_window`` tail entries at once.
+
+    Walking from the newest ring entry down, an entry is consumed while the step still
+    overflows before reaching it (exclusive prefix sum of the memory the alive ones free,
+    after this step's growth); consumed alive entries are preempted, consumed completed ones
+    trimmed. Identical to one-at-a-time (docs/semantics.md step 3).
+    """
+    P, K, S, chunk, k = (
+        cfg.preempt_window,
+        cfg.max_running,
+        cfg.max_preempted,
+        cfg.chunk_tokens,
+        st.k,
+    )
+    excess = st.used + _growth(st, chunk) - params.kv_capacity_tokens
+    j = jnp.arange(P, dtype=jnp.int32)
+    slot = (st.tail - 1 - j) % K
+    rid, a0 = st.ring[slot, RING_ID], st.ring[slot, RING_A0]
+    alive = st.ring_end[slot] >= k
+    s, o = wl.prompt[rid], wl.output[rid]
+    c, _, r = _lengths(s, o, chunk)
+    p = k - a0
+    freed = jnp.where(alive, _mem(p + 1, s, c, chunk), 0)  # held after this step's growth
+    before = jnp.cumsum(freed) - freed
+    consumed = (excess > 0) & (before < excess)
+    victim = consumed & alive
+    vi = victim.astype(jnp.int32)
+    n_vict = jnp.sum(vi)
+    rank = jnp.cumsum(vi) - vi
+    pos_stack = st.top + rank
+    fits = pos_stack < S
+    push = _drop(victim & fits, pos_stack, S)
+    saved = p if cfg.overflow == "swap" else jnp.zeros_like(p)
+    st = _apply_life_events(st, victim, a0, p, s, o, cfg, -1)
+    st = st._replace(
+        used=st.used - jnp.sum(vi * _mem(p, s, c, chunk)),
+        nfull=st.nfull - jnp.sum(vi * (p < c - 1)),
+        once=st.once - jnp.sum(vi * jnp.where(p == c - 1, r, 0)),
+        ndec=st.ndec - jnp.sum(vi * (p >= c)),
+        peak_sum=st.peak_sum - jnp.sum(vi * (s + o)),
+        ring_end=st.ring_end.at[_drop(victim, slot, K)].set(-1, mode="drop"),
+        n_running=st.n_running - n_vict,
+        stack=st.stack.at[push].set(jnp.stack([rid, saved], axis=-1), mode="drop"),
+        top=jnp.minimum(st.top + n_vict, S),
+        preempted=st.preempted + n_vict,
+        flags=st.flags | jnp.where(jnp.any(victim & ~fits), FLAG_STACK_FULL, 0),
+        tail=st.tail - jnp.sum(consumed.astype(jnp.int32)),
+    )
+    if cfg.num_records:
+        nrec = st.rec.shape[0]
+        ri = _drop(victim & (rid < cfg.num_records), rid, nrec)
+        old = st.rec[jnp.minimum(ri, nrec - 1)]
+        tok_final = jnp.where((p > c) & (old[:, REC_TOK_FINAL] < 0), a0 + c, old[:, REC_TOK_FINAL])
+        neg = -jnp.ones_like(p)
+        new = jnp.stack(
+            [old[:, REC_FIRST_ADMIT], old[:, REC_ADMIT], tok_final, neg, neg, old[:, REC_NPRE] + 1],
+            axis=-1,
+        )
+        st = st._replace(rec=st.rec.at[ri].set(new, mode="drop"))
+    return st
+
+
+def _admit_window(st: _State, go, wl: Workload, params: SimParams, cfg: SimConfig):
+    """Step 4 (FCFS) for up to ``admit_window`` queue-head candidates at once.
+
+    Candidates in queue order: the preempted stack from its top, then the fresh requests
+    (window slot, then the arrival buffer). The admitted ones are the longest prefix whose
+    cumulative need fits (needs are positive, so this is FCFS with head-of-line blocking)
+    and finds free ring slots. Returns the state and whether all candidates were admitted
+    (then the next iteration looks further).
+    """
+    A, K, chunk, k = cfg.admit_window, cfg.max_running, cfg.chunk_tokens, st.k
+    j = jnp.arange(A, dtype=jnp.int32)
+    from_stack = j < st.top
+    srow = st.stack[jnp.clip(st.top - 1 - j, 0, cfg.max_preempted - 1)]
+    q = j - st.top
+    win0 = st.win_id[0]
+    fresh_id = jnp.where(q == 0, win0, st.p_adm + q - 1)
+    fresh_ok = (q >= 0) & (win0 >= 0) & ((q == 0) | (st.p_adm + q - 1 < st.p_arr))
+    exists = go & (from_stack | fresh_ok)
+    cid = jnp.maximum(jnp.where(from_stack, srow[:, 0], fresh_id), 0)
+    cpos = jnp.where(from_stack, srow[:, 1], 0)
+    s, o = wl.prompt[cid], wl.output[cid]
+    c, life, r = _lengths(s, o, chunk)
+    if cfg.admission == "current":
+        need = _mem(cpos + 1, s, c, chunk)
+        budget = params.kv_capacity_tokens - st.used - _growth(st, chunk)
+    else:
+        need = s + o
+        budget = params.kv_capacity_tokens - st.peak_sum
+    fits = exists & (jnp.cumsum(need) <= budget)
+    slot = (st.tail + j) % K
+    slot_free = st.ring_end[slot] < k
+    ok = fits & slot_free
+    admit = jnp.cumprod(ok.astype(jnp.int32)).astype(jnp.bool_)
+    ai = admit.astype(jnp.int32)
+    n_adm = jnp.sum(ai)
+    blocked_by_ring = jnp.any(fits & ~slot_free & (jnp.cumsum(~ok) == 1))
+    a0 = k - cpos
+    end = a0 + life - 1
+    n_stack = jnp.minimum(n_adm, st.top)
+    n_fresh = n_adm - n_stack
+    p_adm = st.p_adm + jnp.maximum(n_fresh - 1, 0)
+    refill = (n_fresh > 0) & (p_adm < st.p_arr)
+    win = jnp.where(n_fresh > 0, jnp.where(refill, p_adm, -1), win0)
+    st = _apply_life_events(st, admit, a0, cpos, s, o, cfg, 1)
+    st = st._replace(
+        used=st.used + jnp.sum(ai * _mem(cpos, s, c, chunk)),
+        nfull=st.nfull + jnp.sum(ai * (cpos < c - 1)),
+        once=st.once + jnp.sum(ai * jnp.where(cpos == c - 1, r, 0)),
+        ndec=st.ndec + jnp.sum(ai * (cpos >= c)),
+        peak_sum=st.peak_sum + jnp.sum(ai * (s + o)),
+        ring=st.ring.at[_drop(admit, slot, K)].set(jnp.stack([cid, a0], axis=-1), mode="drop"),
+        ring_end=st.ring_end.at[_drop(admit, slot, K)].set(end, mode="drop"),
+        tail=st.tail + n_adm,
+        n_running=st.n_running + n_adm,
+        top=st.top - n_stack,
+        win_id=st.win_id.at[0].set(win),
+        p_adm=p_adm + refill.astype(jnp.int32),
+        flags=st.flags | jnp.where(go & blocked_by_ring, FLAG_RING_FULL, 0),
+    )
+    if cfg.num_records:
+        nrec = st.rec.shape[0]
+        ri = _drop(admit & (cid < cfg.num_records), cid, nrec)
+        old = st.rec[jnp.minimum(ri, nrec - 1)]
+        first = jnp.where(old[:, REC_FIRST_ADMIT] < 0, k, old[:, REC_FIRST_ADMIT])
+        new = jnp.stack(
+            [first, jnp.full_like(first, k), old[:, REC_TOK_FINAL], a0 + c, end, old[:, REC_NPRE]],
+            axis=-1,
+        )
+        st = st._replace(rec=st.rec.at[ri].set(new, mode="drop"))
+    return st, go & (n_adm == A)
+
+
 def _candidate(st: _State, wl: Workload, cfg: SimConfig):
     """Step 4: the order policy's next candidate (id, saved position)."""
     from_stack = st.top > 0
@@ -408,7 +558,7 @@ def _batch_step(st: _State, xi, wl: Workload, params: SimParams, cfg: SimConfig)
 
     def pre_body(c):
         s, n = c
-        return vm(lambda s_, w, p: _preempt_iter(s_, w, p, cfg), 0, 0, 0)(s, wl, params), n + 1
+        return vm(lambda s_, w, p: _preempt_window(s_, w, p, cfg), 0, 0, 0)(s, wl, params), n + 1
 
     n_pre = jnp.int32(0)
     if cfg.admission == "current":
@@ -420,6 +570,11 @@ def _batch_step(st: _State, xi, wl: Workload, params: SimParams, cfg: SimConfig)
 
     def adm_body(c):
         s, go, n = c
+        if cfg.order == "fcfs":
+            s, go = vm(lambda s_, g, w, p: _admit_window(s_, g, w, p, cfg), 0, 0, 0, 0)(
+                s, go, wl, params
+            )
+            return s, go, n + 1
         s, admitted = vm(lambda s_, g, w, p: _admit_iter(s_, g, w, p, cfg), 0, 0, 0, 0)(
             s, go, wl, params
         )
