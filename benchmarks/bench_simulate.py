@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (the XLA device count must be set before JAX starts)
 """Simulator throughput benchmark (issue 3): the 1:1 workload at saturation.
 
 Prints and writes (JSON) compile time, steady-state completed requests simulated per second,
@@ -18,8 +19,12 @@ import resource
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
+from kvstab.cli import use_all_cpu_cores
+
+use_all_cpu_cores()  # one XLA CPU device per core: the simulator shards over them
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np
 
 from kvstab import analytic, reference
@@ -111,6 +116,7 @@ def main(argv=None) -> int:
         "backend": jax.default_backend(),
         "device": str(getattr(dev, "device_kind", dev.platform)),
         "cpu_count": os.cpu_count(),
+        "jax_devices": jax.local_device_count(),
         "machine": platform.machine(),
         "python": sys.version.split()[0],
         "trajectories": n,

@@ -267,7 +267,24 @@ def _register_extra_commands() -> None:
             _EXTRA_COMMANDS.append(mod.register)
 
 
+def use_all_cpu_cores() -> None:
+    """Expose one XLA CPU device per core, so the simulator shards trajectories over them.
+
+    Must run before JAX creates its CPU backend (the command line calls it first). Respects
+    an XLA_FLAGS that already sets the device count, and KVSTAB_CPU_DEVICES (e.g. 1).
+    """
+    import os
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    n = int(os.environ.get("KVSTAB_CPU_DEVICES", os.cpu_count() or 1))
+    if n > 1:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    use_all_cpu_cores()
     _register_extra_commands()
     parser = build_parser()
     args = parser.parse_args(argv)

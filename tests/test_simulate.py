@@ -15,7 +15,7 @@ from kvstab.laws import Constant, Independent, Uniform
 from kvstab.simulate import (
     SimConfig,
     SimParams,
-    _batch_rollout_jit,
+    TRACE_COUNT,
     batch_rollout,
     simulate,
 )
@@ -89,7 +89,7 @@ def test_sweep_over_rate_M_and_batch_time_does_not_recompile():
     sizes = dict(max_running=256, max_preempted=256, num_requests=4096, cal_len=512)
     kw = dict(num_steps=512, num_trajectories=4, sizes=sizes, block_steps=64, num_segments=1)
     simulate(law, kv_capacity_tokens=8000, arrival_rate_per_s=[1.0, 2.0, 3.0, 4.0], **kw)
-    before = _batch_rollout_jit._cache_size()
+    before = TRACE_COUNT[0]
     simulate(
         law,
         kv_capacity_tokens=[6000, 7000, 8000, 9000],
@@ -98,7 +98,7 @@ def test_sweep_over_rate_M_and_batch_time_does_not_recompile():
         **kw,
     )
     simulate(law, kv_capacity_tokens=8000, arrival_rate_per_s=[0.5, 9.0, 1.5, 7.0], seed=4, **kw)
-    assert _batch_rollout_jit._cache_size() == before
+    assert TRACE_COUNT[0] == before
 
 
 def test_batch_rollout_equals_stacked_single_rollouts_and_no_jit():
@@ -311,3 +311,43 @@ def test_bad_input_names_the_field(kwargs, field):
     with pytest.raises(InputError) as exc:
         simulate(Independent(Uniform(10, 1600), Uniform(10, 1600)), **base)
     assert exc.value.field == field
+
+
+def test_sharded_over_two_cpu_devices_equals_one_device():
+    """Trajectories split over two XLA CPU devices (shard_map) give identical results."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from kvstab.laws import Independent, Uniform;"
+        "from kvstab.simulate import simulate;"
+        "r = simulate(Independent(Uniform(1, 40), Uniform(1, 40)), kv_capacity_tokens=400,"
+        " chunk_tokens=8, arrival_rate_per_s=[3.0, 5.0, 7.0, 9.0], batch_time_s=0.125,"
+        " num_steps=256, num_trajectories=4, seed=5, block_steps=16, num_segments=2);"
+        "import jax; print(json.dumps([jax.local_device_count(), r.completed.tolist(),"
+        " r.preempted.tolist(), r.queue_end.tolist()]))"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    ndev, completed, preempted, queue_end = json.loads(out.stdout.strip().splitlines()[-1])
+    assert ndev == 2
+    law = Independent(Uniform(1, 40), Uniform(1, 40))
+    r = simulate(
+        law,
+        kv_capacity_tokens=400,
+        chunk_tokens=8,
+        arrival_rate_per_s=[3.0, 5.0, 7.0, 9.0],
+        batch_time_s=0.125,
+        num_steps=256,
+        num_trajectories=4,
+        seed=5,
+        block_steps=16,
+        num_segments=2,
+    )
+    assert r.completed.tolist() == completed
+    assert r.preempted.tolist() == preempted
+    assert r.queue_end.tolist() == queue_end
