@@ -1,0 +1,225 @@
+"""``kvstab boundary``: the critical arrival rate λ* of one replica, by simulation.
+
+Runs :func:`kvstab.stability.estimate_boundary` (saturated throughput μ_sim, drift tests on a
+grid of arrival rates from an empty and from a loaded start, λ* with a bootstrap CI) and
+prints a summary (``--json``: one JSON object). ``--plot FILE`` draws the stability picture,
+``--out FILE`` writes the results file (configuration, seed, versions). Progress goes to
+stderr as one updating line (``--quiet``: none). Bad input exits with status 2 and one line
+naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from kvstab.cli import _int, add_workload_args, check_fits_memory, workload_from_args
+from kvstab.errors import InputError
+
+# API field names -> this command's flags (kvstab.cli.FLAG_FOR covers the shared ones).
+_FLAGS = {
+    "replications": "--trajectories",
+    "num_steps": "--steps",
+    "grid_points": "--grid-points",
+    "initial_queue": "--initial-queue",
+    "seed": "--seed",
+    "precision": "--precision",
+    "admission": "--admission",
+    "overflow": "--overflow",
+    "plot": "--plot",
+    "out": "--out",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``boundary`` subcommand to the ``kvstab`` parser."""
+    p = sub.add_parser(
+        "boundary",
+        help="critical arrival rate lambda* by simulation, with a CI and a stability plot",
+        description="Estimate the stability boundary of one replica by simulation: saturated "
+        "throughput mu_sim, drift tests over a grid of arrival rates (empty and loaded "
+        "start), and the critical rate lambda* with a 95%% bootstrap CI, compared with the "
+        "closed-form mu and mu(1-delta).",
+    )
+    add_workload_args(p)
+    pol = p.add_argument_group("policy")
+    pol.add_argument(
+        "--admission",
+        choices=("current", "reserve"),
+        default="current",
+        help="admit on current KV use (default) or reserve peak footprints s+o",
+    )
+    pol.add_argument(
+        "--overflow",
+        choices=("recompute", "swap"),
+        default="recompute",
+        help="on overflow, preempt and recompute (default) or swap the KV out and back",
+    )
+    e = p.add_argument_group("estimation")
+    e.add_argument(
+        "--precision",
+        choices=("fast", "default", "fine"),
+        default="default",
+        help="preset of grid size, runs per rate and steps (default: default, about half "
+        "a minute on two CPU cores for the paper's 1:1 workload; fast: about 10 s)",
+    )
+    e.add_argument(
+        "--trajectories",
+        type=_int,
+        default=None,
+        metavar="R",
+        help="simulated trajectories per arrival rate (overrides the preset)",
+    )
+    e.add_argument(
+        "--steps",
+        type=_int,
+        default=None,
+        metavar="T",
+        help="batch steps per trajectory (overrides the preset)",
+    )
+    e.add_argument(
+        "--grid-points",
+        type=_int,
+        default=None,
+        metavar="K",
+        help="arrival rates per grid (overrides the preset)",
+    )
+    e.add_argument(
+        "--initial-queue",
+        type=_int,
+        default=None,
+        metavar="N0",
+        help="requests waiting at t = 0 in the loaded-start runs (default: from mu and the "
+        "horizon)",
+    )
+    e.add_argument("--seed", type=_int, default=0, help="PRNG seed (default 0)")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", action="store_true", help="print one JSON object")
+    o.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE",
+        help="write the stability picture (PNG, PDF or SVG by the suffix)",
+    )
+    o.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="write a JSON results file (configuration, seed, versions, grid data)",
+    )
+    o.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except InputError as e:
+        if e.field in _FLAGS:
+            raise InputError(_FLAGS[e.field], e.message) from None
+        raise
+
+
+def _check_writable(field: str, path: str | None) -> None:
+    if path is None:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InputError(field, f"directory {parent} does not exist")
+    if os.path.isdir(path):
+        raise InputError(field, f"{path} is a directory; give a file name")
+    if not os.access(parent, os.W_OK):
+        raise InputError(field, f"cannot write to {parent}")
+
+
+def text_progress(stream=None, label: str = "kvstab boundary"):
+    """A progress callback (done, total, stage): one ``\\r``-updated line on a terminal,
+    otherwise a line at every further 10 %."""
+    stream = sys.stderr if stream is None else stream
+    tty = getattr(stream, "isatty", lambda: False)()
+    t0 = time.perf_counter()
+    last = [-1]
+
+    def report(done: float, total: float, stage: str) -> None:
+        pct = 100.0 * done / total if total else 100.0
+        elapsed = time.perf_counter() - t0
+        line = f"{label}: {pct:5.1f}%  {stage}  elapsed {elapsed:.0f} s"
+        if tty:
+            stream.write("\r" + line.ljust(78))
+            stream.flush()
+        elif int(pct // 10) > last[0]:
+            last[0] = int(pct // 10)
+            stream.write(line + "\n")
+            stream.flush()
+
+    def end() -> None:
+        if tty:
+            stream.write("\n")
+            stream.flush()
+
+    report.end = end
+    return report
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kvstab import analytic, stability
+
+    analytic.validate_system(args.kv_tokens, args.chunk, args.batch_time)
+    for name, v, low in (
+        ("replications", args.trajectories, 2),
+        ("num_steps", args.steps, 100),
+        ("grid_points", args.grid_points, 2),
+        ("initial_queue", args.initial_queue, 1),
+    ):
+        if v is not None and v < low:
+            raise InputError(name, f"must be an integer >= {low}, got {v}")
+    if args.seed < 0:
+        raise InputError("seed", f"must be an integer >= 0, got {args.seed}")
+    _check_writable("plot", args.plot)
+    _check_writable("out", args.out)
+    joint = workload_from_args(args)
+    check_fits_memory(joint, args.kv_tokens)
+
+    progress = None if args.quiet else text_progress(sys.stderr)
+    if progress is not None:
+        progress(0, 1, "compiling the simulator")
+    try:
+        result = stability.estimate_boundary(
+            joint,
+            kv_capacity_tokens=args.kv_tokens,
+            chunk_tokens=args.chunk,
+            batch_time_s=args.batch_time,
+            admission=args.admission,
+            overflow=args.overflow,
+            precision=args.precision,
+            replications=args.trajectories,
+            num_steps=args.steps,
+            grid_points=args.grid_points,
+            initial_queue=args.initial_queue,
+            seed=args.seed,
+            progress=progress,
+        )
+    finally:
+        if progress is not None:
+            progress.end()
+    data = result.to_dict()
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+    if args.plot:
+        from kvstab.plotting import plot_boundary
+
+        plot_boundary(result, args.plot)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(result.summary_text())
+    if args.out:
+        print(f"  results    {args.out}")
+    if args.plot:
+        print(f"  plot       {args.plot}")
+    return 0
