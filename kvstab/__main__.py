@@ -1,4 +1,5 @@
-from kvstab.cli import main
 import sys
+
+from kvstab.cli import main
 
 sys.exit(main())

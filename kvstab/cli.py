@@ -104,7 +104,12 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="format of --trace (default: from the file name and header)",
     )
-    s = p.add_argument_group("system")
+    add_system_args(p)
+
+
+def add_system_args(p: argparse.ArgumentParser, title: str = "system") -> None:
+    """The system flags: KV capacity M, chunk ŝ, batch time b̄."""
+    s = p.add_argument_group(title)
     s.add_argument(
         "--kv-tokens",
         type=_int,

@@ -45,19 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "closed-form mu and mu(1-delta).",
     )
     add_workload_args(p)
-    pol = p.add_argument_group("policy")
-    pol.add_argument(
-        "--admission",
-        choices=("current", "reserve"),
-        default="current",
-        help="admit on current KV use (default) or reserve peak footprints s+o",
-    )
-    pol.add_argument(
-        "--overflow",
-        choices=("recompute", "swap"),
-        default="recompute",
-        help="on overflow, preempt and recompute (default) or swap the KV out and back",
-    )
+    from kvstab.cli_simulate import add_policy_args
+
+    add_policy_args(p, with_order=False)
     e = p.add_argument_group("estimation")
     e.add_argument(
         "--precision",

@@ -23,7 +23,7 @@ import sys
 import jax
 import numpy as np
 
-from kvstab.cli import DEFAULTS, _float, _int
+from kvstab.cli import _float, _int, add_system_args
 from kvstab.errors import InputError, check_number
 
 # API field names -> this command's flags (kvstab.cli.FLAG_FOR covers the shared ones).
@@ -99,28 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "arrival fits; auto (default): the detected bucket (3 s for Mooncake "
         "conversation) or, for occasional ties, the smallest positive gap",
     )
-    s = p.add_argument_group("system (for E[g] and mu)")
-    s.add_argument(
-        "--kv-tokens",
-        type=_int,
-        default=DEFAULTS["kv_tokens"],
-        metavar="M",
-        help="KV-cache capacity M in tokens (default %(default)s)",
-    )
-    s.add_argument(
-        "--chunk",
-        type=_int,
-        default=DEFAULTS["chunk"],
-        metavar="S_HAT",
-        help="chunked-prefill size in tokens per step (default %(default)s)",
-    )
-    s.add_argument(
-        "--batch-time",
-        type=_float,
-        default=DEFAULTS["batch_time"],
-        metavar="B",
-        help="representative batch time in seconds (default %(default)s)",
-    )
+    add_system_args(p, "system (for E[g] and mu)")
     f = p.add_argument_group("fitting")
     f.add_argument(
         "--train-frac",

@@ -11,8 +11,8 @@ import time
 from kvstab.errors import InputError
 
 
-def add_policy_args(p: argparse.ArgumentParser) -> None:
-    """Scheduling-policy flags shared by simulate and boundary."""
+def add_policy_args(p: argparse.ArgumentParser, with_order: bool = True) -> None:
+    """Scheduling-policy flags shared by simulate and boundary (boundary has no --order)."""
     g = p.add_argument_group("policy")
     g.add_argument(
         "--admission",
@@ -26,6 +26,8 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
         default="recompute",
         help="preemption: recompute (progress lost, default) or swap (kept)",
     )
+    if not with_order:
+        return
     g.add_argument(
         "--order",
         choices=("fcfs", "spf"),
