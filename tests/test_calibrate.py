@@ -18,11 +18,24 @@ def observed_run(n=600, b=0.04, model="constant", coefs=None, seed=0):
     arr = np.cumsum(rng.exponential(1 / 8.0, n))
     s = rng.integers(10, 301, n)
     o = rng.integers(10, 301, n)
-    kw = dict(batch_time_s=b) if model == "constant" else dict(
-        batch_time_model="linear", linear_coefs=coefs)
-    r = simulate(None, replay=(arr, s, o), kv_capacity_tokens=M_OBS, chunk_tokens=CHUNK,
-                 num_steps=3200, num_trajectories=1, num_records=n, record_steps=True,
-                 block_steps=64, num_segments=1, **kw)
+    kw = (
+        dict(batch_time_s=b)
+        if model == "constant"
+        else dict(batch_time_model="linear", linear_coefs=coefs)
+    )
+    r = simulate(
+        None,
+        replay=(arr, s, o),
+        kv_capacity_tokens=M_OBS,
+        chunk_tokens=CHUNK,
+        num_steps=3200,
+        num_trajectories=1,
+        num_records=n,
+        record_steps=True,
+        block_steps=64,
+        num_segments=1,
+        **kw,
+    )
     return arr, s, o, r
 
 
@@ -31,8 +44,16 @@ def test_batch_time_recovered_from_completion_times():
     arr, s, o, r = observed_run()
     fin = r.records["finish_s"][0]
     assert np.isfinite(fin).sum() == 600
-    fit = calibrate.fit_batch_time(arr, s, o, fin, kv_capacity_tokens=M_OBS, chunk_tokens=CHUNK,
-                                   init={"batch_time_s": 0.03}, max_iters=150)
+    fit = calibrate.fit_batch_time(
+        arr,
+        s,
+        o,
+        fin,
+        kv_capacity_tokens=M_OBS,
+        chunk_tokens=CHUNK,
+        init={"batch_time_s": 0.03},
+        max_iters=150,
+    )
     assert abs(fit.params["batch_time_s"] / 0.04 - 1) < 0.05
     assert fit.history[-1] < fit.history[0] / 100
 
@@ -41,8 +62,10 @@ def test_pathwise_gradient_matches_finite_differences_on_a_fixed_path():
     arr, s, o, r = observed_run()
     path = calibrate._path_from(r, arr)
     obs = r.records["finish_s"][0] * 1.03  # a perturbed target: non-zero gradient
-    for model, theta in (("constant", jnp.log(jnp.asarray([0.04]))),
-                         ("linear", jnp.log(jnp.asarray([0.02, 2e-5, 5e-5, 1e-7])))):
+    for model, theta in (
+        ("constant", jnp.log(jnp.asarray([0.04]))),
+        ("linear", jnp.log(jnp.asarray([0.02, 2e-5, 5e-5, 1e-7]))),
+    ):
         _, g = calibrate.pathwise_loss_and_grad(theta, model, path, arr, obs)
         for i in range(theta.size):
             h = 1e-3
@@ -88,13 +111,32 @@ def test_linear_coefficients_recovered():
     arr = np.asarray(arr)
     s, o = rng.integers(10, 301, 600), rng.integers(10, 301, 600)
     true = (0.02, 1e-5, 8e-5, 1e-8)
-    r = simulate(None, replay=(arr, s, o), kv_capacity_tokens=M_OBS, chunk_tokens=CHUNK,
-                 batch_time_model="linear", linear_coefs=true, num_steps=3200,
-                 num_trajectories=1, num_records=600, block_steps=64, num_segments=1)
-    fit = calibrate.fit_batch_time(arr, s, o, r.records["finish_s"][0], kv_capacity_tokens=M_OBS,
-                                   chunk_tokens=CHUNK, model="linear",
-                                   init={"linear_coefs": [0.015, 1e-5, 5e-5, 1e-8]},
-                                   max_iters=600, learning_rate=0.05, resim_every=20)
+    r = simulate(
+        None,
+        replay=(arr, s, o),
+        kv_capacity_tokens=M_OBS,
+        chunk_tokens=CHUNK,
+        batch_time_model="linear",
+        linear_coefs=true,
+        num_steps=3200,
+        num_trajectories=1,
+        num_records=600,
+        block_steps=64,
+        num_segments=1,
+    )
+    fit = calibrate.fit_batch_time(
+        arr,
+        s,
+        o,
+        r.records["finish_s"][0],
+        kv_capacity_tokens=M_OBS,
+        chunk_tokens=CHUNK,
+        model="linear",
+        init={"linear_coefs": [0.015, 1e-5, 5e-5, 1e-8]},
+        max_iters=600,
+        learning_rate=0.05,
+        resim_every=20,
+    )
     c = fit.params["linear_coefs"]
     assert abs(c[0] / true[0] - 1) < 0.05 and abs(c[2] / true[2] - 1) < 0.05, c
 
@@ -103,23 +145,42 @@ def test_kv_capacity_recovered_by_smoothed_relaxation():
     """Effective M = 20000 recovered within 5 % from a saturated throughput (32 traj x 2048
     steps observed; 30 iterations of 16 perturbed copies; measured: 20324)."""
     law = Independent(Uniform(10, 300), Uniform(10, 300))
-    obs = simulate(law, saturated=True, kv_capacity_tokens=M_OBS, chunk_tokens=CHUNK,
-                   batch_time_s=0.04, num_steps=2048, num_trajectories=32, seed=99)
+    obs = simulate(
+        law,
+        saturated=True,
+        kv_capacity_tokens=M_OBS,
+        chunk_tokens=CHUNK,
+        batch_time_s=0.04,
+        num_steps=2048,
+        num_trajectories=32,
+        seed=99,
+    )
     mu = obs.summary()["throughput_per_s"]
-    fit = calibrate.fit_kv_capacity(law, mu, batch_time_s=0.04, chunk_tokens=CHUNK,
-                                    init_tokens=14000, num_pairs=8, num_steps=2048, max_iters=30,
-                                    learning_rate=0.08)
+    fit = calibrate.fit_kv_capacity(
+        law,
+        mu,
+        batch_time_s=0.04,
+        chunk_tokens=CHUNK,
+        init_tokens=14000,
+        num_pairs=8,
+        num_steps=2048,
+        max_iters=30,
+        learning_rate=0.08,
+    )
     assert abs(fit.kv_capacity_tokens / M_OBS - 1) < 0.05
     assert fit.history[-1] < fit.history[0]
 
 
 def test_calibration_bad_input():
     with pytest.raises(InputError, match="model"):
-        calibrate.fit_batch_time([0.0, 1.0], [1, 1], [1, 1], [1.0, 2.0], kv_capacity_tokens=10,
-                                 model="cubic")
+        calibrate.fit_batch_time(
+            [0.0, 1.0], [1, 1], [1, 1], [1.0, 2.0], kv_capacity_tokens=10, model="cubic"
+        )
     with pytest.raises(InputError, match="observed_finish_s"):
-        calibrate.fit_batch_time([0.0, 1.0], [1, 1], [1, 1], [np.nan, np.nan],
-                                 kv_capacity_tokens=10)
+        calibrate.fit_batch_time(
+            [0.0, 1.0], [1, 1], [1, 1], [np.nan, np.nan], kv_capacity_tokens=10
+        )
     with pytest.raises(InputError, match="observed_throughput_per_s"):
-        calibrate.fit_kv_capacity(Independent(Uniform(1, 5), Uniform(1, 5)), -1.0,
-                                  batch_time_s=0.1, init_tokens=100)
+        calibrate.fit_kv_capacity(
+            Independent(Uniform(1, 5), Uniform(1, 5)), -1.0, batch_time_s=0.1, init_tokens=100
+        )
