@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="critical arrival rate lambda* by simulation, with a CI and a stability plot",
         description="Estimate the stability boundary of one replica by simulation: saturated "
         "throughput mu_sim, drift tests over a grid of arrival rates (empty and loaded "
-        "start), and the critical rate lambda* with a 95%% bootstrap CI, compared with the "
+        "start), and the critical rate lambda* with a 95% bootstrap CI, compared with the "
         "closed-form mu and mu(1-delta).",
     )
     add_workload_args(p)
