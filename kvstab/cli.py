@@ -302,6 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         flag = FLAG_FOR.get(e.field, e.field)
         print(f"kvstab {args.command}: error: {flag}: {e.message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"kvstab {args.command}: interrupted; finished results are kept", file=sys.stderr)
         return 130

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 
@@ -164,7 +163,9 @@ def _run(args: argparse.Namespace) -> int:
 
         write_json(args.out, {"kind": "simulate", "summary": summ, "config": res.config})
     if args.json:
-        print(json.dumps(out, indent=2, default=_jsonable))
+        from kvstab.results import to_jsonable
+
+        print(json.dumps(to_jsonable(out), indent=2))
         return 0
     lo, hi = summ["throughput_ci"]
     print("kvstab simulate: JAX simulator (docs/semantics.md)")
@@ -203,18 +204,6 @@ def _run(args: argparse.Namespace) -> int:
             "treat the numbers with care)"
         )
     return 0
-
-
-def _jsonable(x):
-    import numpy as np
-
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
 def register(sub) -> None:
