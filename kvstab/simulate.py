@@ -58,7 +58,6 @@ FLAG_NAMES = {
     FLAG_KV_OVER_M: "kv_over_capacity",
     FLAG_LOOP_LIMIT: "loop_limit",
 }
-CAP_FLAGS = FLAG_RING_FULL | FLAG_STACK_FULL | FLAG_LOOP_LIMIT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,15 +305,6 @@ def _begin(st: _State, wl: Workload, params: SimParams, cfg: SimConfig) -> _Stat
 
 def _overflowing(st: _State, params: SimParams, cfg: SimConfig):
     return st.used + _growth(st, cfg.chunk_tokens) > params.kv_capacity_tokens
-
-
-def _preempt_iter(st: _State, wl: Workload, params: SimParams, cfg: SimConfig) -> _State:
-    """Step 3, one iteration: if overflowing, preempt (or trim, if completed) the ring's tail."""
-    active = _overflowing(st, params, cfg)
-    slot = (st.tail - 1) % cfg.max_running
-    alive = st.ring_end[slot] >= st.k  # completed entries at the tail are just trimmed
-    st = _preempt(st, active & alive, slot, st.k, wl, cfg)
-    return st._replace(tail=st.tail - active.astype(jnp.int32))
 
 
 def _apply_life_events(st: _State, do, a0, pos, s, o, cfg: SimConfig, sign) -> _State:
@@ -671,45 +661,6 @@ def _admit(st: _State, do, rid, pos, from_stack, widx, k, wl: Workload, cfg: Sim
     return st
 
 
-def _preempt(st: _State, do, slot, k, wl: Workload, cfg: SimConfig) -> _State:
-    """If ``do``: preempt the running request in ring ``slot`` at step k; erase its future."""
-    chunk, S = cfg.chunk_tokens, cfg.max_preempted
-    rid, a0 = st.ring[slot]
-    s, o = wl.prompt[rid], wl.output[rid]
-    c, _, r = _lengths(s, o, chunk)
-    p = k - a0
-    di = do.astype(jnp.int32)
-    rows, deltas, done_row, done_delta = _life_events(do, a0, p, s, o, cfg, -1)
-    full = do & (st.top >= S)
-    push = _drop(do & ~full, st.top, S)
-    saved = p if cfg.overflow == "swap" else jnp.int32(0)
-    st = st._replace(
-        used=st.used - di * _mem(p, s, c, chunk),
-        nfull=st.nfull - di * (p < c - 1),
-        once=st.once - di * jnp.where(p == c - 1, r, 0),
-        ndec=st.ndec - di * (p >= c),
-        peak_sum=st.peak_sum - di * (s + o),
-        cal_rate=st.cal_rate.at[rows].add(deltas, mode="drop"),
-        cal_done=st.cal_done.at[done_row].add(done_delta, mode="drop"),
-        ring_end=st.ring_end.at[_drop(do, slot, st.ring_end.shape[0])].set(-1, mode="drop"),
-        n_running=st.n_running - di,
-        stack=st.stack.at[push].set(jnp.stack([rid, saved]), mode="drop"),
-        top=st.top + (do & ~full).astype(jnp.int32),
-        preempted=st.preempted + di,
-        flags=st.flags | jnp.where(full, FLAG_STACK_FULL, 0),
-    )
-    if cfg.num_records:
-        nrec = st.rec.shape[0]
-        ri = _drop(do & (rid < cfg.num_records), rid, nrec)
-        old = st.rec[jnp.minimum(ri, nrec - 1)]
-        tok_final = jnp.where((p > c) & (old[REC_TOK_FINAL] < 0), a0 + c, old[REC_TOK_FINAL])
-        new = jnp.stack(
-            [old[REC_FIRST_ADMIT], old[REC_ADMIT], tok_final, -1, -1, old[REC_NPRE] + 1]
-        )
-        st = st._replace(rec=st.rec.at[ri].set(new, mode="drop"))
-    return st
-
-
 def step_records(state: _State, num_records: int, num_steps: int) -> dict:
     """Per-request records in steps from a final state, (traj, req); -1 where it did not
     happen by the end of the run (tentative steps past the horizon are cleared)."""
@@ -1046,6 +997,7 @@ def simulate(
     """
     from kvstab import __version__, analytic
     from kvstab.laws import as_joint
+    from kvstab.metrics import warmup_blocks
     from kvstab.workload import batch_time_factors, replay_workload, sample_workload
 
     wall0 = time.perf_counter()
@@ -1330,16 +1282,10 @@ def simulate(
         flags=[_flag_names(int(b)) for b in np.bitwise_or.reduce(flags.reshape(n, g), axis=1)],
         records=records,
         steps=step_arrays,
-        warmup_blocks=_warmup(nb, warmup_frac),
+        warmup_blocks=warmup_blocks(nb, warmup_frac),
         wall_s=time.perf_counter() - wall0,
         attempts=attempt,
     )
-
-
-def _warmup(nb: int, frac: float) -> int:
-    from kvstab.metrics import warmup_blocks
-
-    return warmup_blocks(nb, frac)
 
 
 def _records_in_seconds(state, wl, params, cfg, clock_fn, T):
