@@ -401,7 +401,7 @@ def _admit_window(st: _State, go, wl: Workload, params: SimParams, cfg: SimConfi
     cid = jnp.maximum(jnp.where(from_stack, srow[:, 0], fresh_id), 0)
     cpos = jnp.where(from_stack, srow[:, 1], 0)
     s, o = wl.prompt[cid], wl.output[cid]
-    c, life, r = _lengths(s, o, chunk)
+    c = _ceil_div(s, chunk)
     if cfg.admission == "current":
         need = _mem(cpos + 1, s, c, chunk)
         budget = params.kv_capacity_tokens - st.used - _growth(st, chunk)
@@ -416,39 +416,18 @@ def _admit_window(st: _State, go, wl: Workload, params: SimParams, cfg: SimConfi
     ai = admit.astype(jnp.int32)
     n_adm = jnp.sum(ai)
     blocked_by_ring = jnp.any(fits & ~slot_free & (jnp.cumsum(~ok) == 1))
-    a0 = k - cpos
-    end = a0 + life - 1
     n_stack = jnp.minimum(n_adm, st.top)
     n_fresh = n_adm - n_stack
     p_adm = st.p_adm + jnp.maximum(n_fresh - 1, 0)
     refill = (n_fresh > 0) & (p_adm < st.p_arr)
     win = jnp.where(n_fresh > 0, jnp.where(refill, p_adm, -1), win0)
-    st = _apply_life_events(st, admit, a0, cpos, s, o, cfg, 1)
+    st = _enter(st, admit, cid, cpos, slot, wl, cfg)
     st = st._replace(
-        used=st.used + jnp.sum(ai * _mem(cpos, s, c, chunk)),
-        nfull=st.nfull + jnp.sum(ai * (cpos < c - 1)),
-        once=st.once + jnp.sum(ai * jnp.where(cpos == c - 1, r, 0)),
-        ndec=st.ndec + jnp.sum(ai * (cpos >= c)),
-        peak_sum=st.peak_sum + jnp.sum(ai * (s + o)),
-        ring=st.ring.at[_drop(admit, slot, K)].set(jnp.stack([cid, a0], axis=-1), mode="drop"),
-        ring_end=st.ring_end.at[_drop(admit, slot, K)].set(end, mode="drop"),
-        tail=st.tail + n_adm,
-        n_running=st.n_running + n_adm,
         top=st.top - n_stack,
         win_id=st.win_id.at[0].set(win),
         p_adm=p_adm + refill.astype(jnp.int32),
         flags=st.flags | jnp.where(go & blocked_by_ring, FLAG_RING_FULL, 0),
     )
-    if cfg.num_records:
-        nrec = st.rec.shape[0]
-        ri = _drop(admit & (cid < cfg.num_records), cid, nrec)
-        old = st.rec[jnp.minimum(ri, nrec - 1)]
-        first = jnp.where(old[:, REC_FIRST_ADMIT] < 0, k, old[:, REC_FIRST_ADMIT])
-        new = jnp.stack(
-            [first, jnp.full_like(first, k), old[:, REC_TOK_FINAL], a0 + c, end, old[:, REC_NPRE]],
-            axis=-1,
-        )
-        st = st._replace(rec=st.rec.at[ri].set(new, mode="drop"))
     return st, go & (n_adm == A)
 
 
@@ -487,7 +466,7 @@ def _admit_iter(st: _State, go, wl: Workload, params: SimParams, cfg: SimConfig)
     want = go & exists & ok
     admit = want & slot_free
     st = st._replace(flags=st.flags | jnp.where(want & ~slot_free, FLAG_RING_FULL, 0))
-    return _admit(st, admit, cid, cpos, from_stack, widx, st.k, wl, cfg), admit
+    return _admit(st, admit, cid, cpos, from_stack, widx, wl, cfg), admit
 
 
 def _finish(st: _State, xi, params: SimParams, cfg: SimConfig):
@@ -620,45 +599,55 @@ def _life_events(do, a0, pos, s, o, cfg: SimConfig, sign):
     return _drop(live, rows, cfg.cal_len), deltas, done_row, done_delta
 
 
-def _admit(st: _State, do, rid, pos, from_stack, widx, k, wl: Workload, cfg: SimConfig) -> _State:
-    """If ``do``: admit request ``rid`` at saved position ``pos`` in step k; write its future."""
-    chunk = cfg.chunk_tokens
-    K = cfg.max_running
-    s, o = wl.prompt[rid], wl.output[rid]
+def _enter(st: _State, admit, cid, cpos, slot, wl: Workload, cfg: SimConfig) -> _State:
+    """Requests ``cid`` (a vector) enter the batch at saved positions ``cpos`` in ring slots
+    ``slot``, where ``admit``: their futures go into the calendar, their footprint and this
+    step's growth into the counters, their ids into the ring (docs/semantics.md step 4)."""
+    chunk, K, k = cfg.chunk_tokens, cfg.max_running, st.k
+    s, o = wl.prompt[cid], wl.output[cid]
     c, life, r = _lengths(s, o, chunk)
-    a0 = k - pos
+    a0 = k - cpos
     end = a0 + life - 1  # completion step
-    di = do.astype(jnp.int32)
-    rows, deltas, done_row, done_delta = _life_events(do, a0, pos, s, o, cfg, 1)
-    # Pop from the queue: the stack top, or the window slot (refilled from the arrivals).
+    ai = admit.astype(jnp.int32)
+    n = jnp.sum(ai)
+    st = _apply_life_events(st, admit, a0, cpos, s, o, cfg, 1)
+    st = st._replace(
+        used=st.used + jnp.sum(ai * _mem(cpos, s, c, chunk)),
+        nfull=st.nfull + jnp.sum(ai * (cpos < c - 1)),
+        once=st.once + jnp.sum(ai * jnp.where(cpos == c - 1, r, 0)),
+        ndec=st.ndec + jnp.sum(ai * (cpos >= c)),
+        peak_sum=st.peak_sum + jnp.sum(ai * (s + o)),
+        ring=st.ring.at[_drop(admit, slot, K)].set(jnp.stack([cid, a0], axis=-1), mode="drop"),
+        ring_end=st.ring_end.at[_drop(admit, slot, K)].set(end, mode="drop"),
+        tail=st.tail + n,
+        n_running=st.n_running + n,
+    )
+    if cfg.num_records:
+        nrec = st.rec.shape[0]
+        ri = _drop(admit & (cid < cfg.num_records), cid, nrec)
+        old = st.rec[jnp.minimum(ri, nrec - 1)]
+        first = jnp.where(old[:, REC_FIRST_ADMIT] < 0, k, old[:, REC_FIRST_ADMIT])
+        new = jnp.stack(
+            [first, jnp.full_like(first, k), old[:, REC_TOK_FINAL], a0 + c, end, old[:, REC_NPRE]],
+            axis=-1,
+        )
+        st = st._replace(rec=st.rec.at[ri].set(new, mode="drop"))
+    return st
+
+
+def _admit(st: _State, do, rid, pos, from_stack, widx, wl: Workload, cfg: SimConfig) -> _State:
+    """If ``do``: admit one request (the ``spf`` path) and pop it from the queue: the stack
+    top, or window slot ``widx``, which is refilled from the arrivals."""
+    st = _enter(st, do[None], rid[None], pos[None], (st.tail % cfg.max_running)[None], wl, cfg)
     from_win = do & ~from_stack
     refill = from_win & (st.p_adm < st.p_arr)
     W = st.win_id.shape[0]
     win = st.win_id.at[_drop(from_win, widx, W)].set(jnp.where(refill, st.p_adm, -1), mode="drop")
-    st = st._replace(
-        used=st.used + di * _mem(pos, s, c, chunk),
-        nfull=st.nfull + di * (pos < c - 1),
-        once=st.once + di * jnp.where(pos == c - 1, r, 0),
-        ndec=st.ndec + di * (pos >= c),
-        peak_sum=st.peak_sum + di * (s + o),
-        cal_rate=st.cal_rate.at[rows].add(deltas, mode="drop"),
-        cal_done=st.cal_done.at[done_row].add(done_delta, mode="drop"),
-        ring=st.ring.at[_drop(do, st.tail % K, K)].set(jnp.stack([rid, a0]), mode="drop"),
-        ring_end=st.ring_end.at[_drop(do, st.tail % K, K)].set(end, mode="drop"),
-        tail=st.tail + di,
-        n_running=st.n_running + di,
+    return st._replace(
         top=st.top - (do & from_stack).astype(jnp.int32),
         win_id=win,
         p_adm=st.p_adm + refill.astype(jnp.int32),
     )
-    if cfg.num_records:
-        nrec = st.rec.shape[0]
-        ri = _drop(do & (rid < cfg.num_records), rid, nrec)
-        old = st.rec[jnp.minimum(ri, nrec - 1)]
-        first = jnp.where(old[REC_FIRST_ADMIT] < 0, k, old[REC_FIRST_ADMIT])
-        new = jnp.stack([first, k, old[REC_TOK_FINAL], a0 + c, end, old[REC_NPRE]])
-        st = st._replace(rec=st.rec.at[ri].set(new, mode="drop"))
-    return st
 
 
 def step_records(state: _State, num_records: int, num_steps: int) -> dict:
