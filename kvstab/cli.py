@@ -41,6 +41,8 @@ FLAG_FOR = {
     "replicas": "--replicas",
     "seed": "--seed",
     "records": "--records",
+    "router": "--router",
+    "batch_time_model": "--batch-time-model",
 }
 
 DEFAULTS = {

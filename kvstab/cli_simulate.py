@@ -232,7 +232,14 @@ def register(sub) -> None:
         help="requests already waiting at t = 0",
     )
     load.add_argument("--replicas", type=int, default=1, metavar="G")
-    load.add_argument("--router", choices=("round_robin", "random"), default="round_robin")
+    load.add_argument(
+        "--router",
+        choices=("round_robin", "random", "jsq", "least_kv"),
+        default="round_robin",
+        help="how requests reach the G replicas: round_robin (default, the paper's) or random "
+        "split the stream; jsq (fewest waiting + running) and least_kv (fewest KV tokens held "
+        "+ waiting prompt tokens) route on the replicas' state (constant batch time only)",
+    )
     add_policy_args(p)
     add_batch_time_args(p)
     run = p.add_argument_group("run")

@@ -1,6 +1,6 @@
 """The executable specification: a slow, plain-Python, event-by-event simulator.
 
-This module implements ``docs/semantics.md`` (SIM_SEMANTICS_VERSION = 1) literally, one step
+This module implements ``docs/semantics.md`` (SIM_SEMANTICS_VERSION = 2) literally, one step
 and one request at a time, with no vectorization and no JAX. It exists to be read and to be
 trusted: the fast JAX simulator (:mod:`kvstab.simulate`) must give *identical* integer results
 on the same sampled workload, and the tests check that.
@@ -348,6 +348,22 @@ class _Simulator:
 
     # --- small helpers on request ids -------------------------------------------------------
 
+    def add_request(self, arrival: float, s: int, o: int) -> int:
+        """Append a request to this replica's buffer (a router's doing); returns its id."""
+        self.arrival.append(arrival)
+        self.s.append(s)
+        self.o.append(o)
+        for values, empty in (
+            (self.first_admit, -1),
+            (self.last_admit, -1),
+            (self.first_token, -1),
+            (self.finish, -1),
+            (self.num_preempted, 0),
+        ):
+            values.append(empty)
+        self.r += 1
+        return self.r - 1
+
     def mem_of(self, i: int, p: int) -> int:
         return mem(p, self.s[i], self.chunk)
 
@@ -612,12 +628,17 @@ def simulate(
     for k in range(steps):
         records.append(sim.step(k))
         clock.append(sim.clock)
+    return _result(sim, records, clock)
+
+
+def _result(sim: _Simulator, records: list[dict], clock: list[float]) -> ReferenceResult:
+    """Collect a finished simulator's per-step records and per-request arrays."""
 
     def col(key, dtype=np.int64):
         return np.array([rec[key] for rec in records], dtype=dtype)
 
     def per_request(values):
-        return np.array(values, dtype=np.int64).reshape(len(s))
+        return np.array(values, dtype=np.int64).reshape(sim.r)
 
     return ReferenceResult(
         kv_tokens=col("kv"),
@@ -643,4 +664,169 @@ def simulate(
             "arrivals_exhausted": bool(sim.arrivals_exhausted),
             "backlog_exhausted": bool(sim.backlog_exhausted),
         },
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Replicas behind a router (docs/semantics.md "Replicas and routing")
+# ---------------------------------------------------------------------------------------------
+
+ROUTERS = ("round_robin", "jsq", "least_kv")
+
+
+@dataclasses.dataclass
+class ClusterResult:
+    """G replicas: one :class:`ReferenceResult` each (request ids local to the replica, in
+    the order the router sent them), ``routed[g]`` = the stream indices of replica g's
+    requests in that order, and the cluster's flags."""
+
+    replicas: list[ReferenceResult]
+    routed: list[list[int]]
+    flags: dict
+
+
+def router_key(sim: _Simulator, router: str) -> int:
+    """The dynamic router's key of one replica; the request goes to the smallest.
+
+    jsq: requests in the system, waiting + running. least_kv: KV tokens held, U, plus the
+    prompt tokens s of every waiting request.
+    """
+    if router == "jsq":
+        return len(sim.queue) + len(sim.running)
+    return sim.used + sum(sim.s[i] for i, _ in sim.queue)
+
+
+def simulate_cluster(
+    arrival_s,
+    prompt,
+    output,
+    *,
+    num_replicas: int,
+    router: str,
+    kv_capacity_tokens: int,
+    chunk_tokens: int,
+    num_steps: int,
+    stream_ends: bool = False,
+    **options,
+) -> ClusterResult:
+    """G replicas of :func:`simulate` fed from one request stream by a router.
+
+    ``round_robin``: request i goes to replica i mod G, a split fixed in advance; each
+    replica then runs on its own (any batch-time model). ``jsq`` / ``least_kv``: routing at
+    run time on the replicas' states, so they run in lockstep and need a constant batch time
+    (shared step boundaries). At each step k, before the replicas' own steps, every request of
+    the stream with arrival_s <= t_k not yet routed is taken in id order, sent to the replica
+    with the smallest :func:`router_key` (ties to the lowest index) and appended to the end
+    of its queue at once, so the next one sees it. ``options`` are :func:`simulate`'s
+    (admission, overflow, order, spf_window, batch_time, batch_time_s, ...); ``saturated``
+    is not allowed (a backlog needs no router).
+
+    Flags: ``arrivals_exhausted`` as in :func:`simulate`, on the cluster's stream.
+    """
+    check_number("num_replicas", num_replicas, low=1, integer=True)
+    _check_option("router", router, ROUTERS)
+    if options.get("saturated"):
+        raise InputError(
+            "saturated", "simulate_cluster routes arrivals; run replicas saturated alone"
+        )
+    g = int(num_replicas)
+    s_all, o_all = np.asarray(prompt), np.asarray(output)
+    a_all = np.asarray(arrival_s, dtype=np.float64)
+    if router == "round_robin":
+        runs = [
+            simulate(
+                a_all[r::g],
+                s_all[r::g],
+                o_all[r::g],
+                kv_capacity_tokens=kv_capacity_tokens,
+                chunk_tokens=chunk_tokens,
+                num_steps=num_steps,
+                stream_ends=stream_ends,
+                **options,
+            )
+            for r in range(g)
+        ]
+        exhausted = any(run.flags["arrivals_exhausted"] for run in runs)
+        routed = [list(range(r, len(s_all), g)) for r in range(g)]
+        return ClusterResult(runs, routed, {"arrivals_exhausted": exhausted})
+
+    batch_time = options.get("batch_time", "constant")
+    if batch_time != "constant":
+        raise InputError(
+            "batch_time",
+            f"router {router!r} needs batch_time='constant' (replicas share step boundaries), "
+            f"got {batch_time!r}",
+        )
+    kw = dict(
+        admission="current",
+        overflow="recompute",
+        order="fcfs",
+        spf_window=32,
+        batch_time_s=0.0372,
+    )
+    unknown = set(options) - set(kw) - {"batch_time", "saturated"}
+    if unknown:
+        raise InputError(sorted(unknown)[0], "is not an option of simulate_cluster")
+    kw.update({k: v for k, v in options.items() if k in kw})
+    arrival, s, o, _, _ = _validate(
+        arrival_s,
+        prompt,
+        output,
+        kv_capacity_tokens,
+        chunk_tokens,
+        num_steps,
+        False,
+        kw["admission"],
+        kw["overflow"],
+        kw["order"],
+        kw["spf_window"],
+        "constant",
+        kw["batch_time_s"],
+        None,
+        None,
+    )
+    sims = [
+        _Simulator(
+            [],
+            [],
+            [],
+            m=int(kv_capacity_tokens),
+            chunk=int(chunk_tokens),
+            stream_ends=True,  # a replica's buffer is whatever the router sent it
+            saturated=False,
+            admission=kw["admission"],
+            overflow=kw["overflow"],
+            order=kw["order"],
+            spf_window=int(kw["spf_window"]),
+            batch_time="constant",
+            batch_time_s=float(kw["batch_time_s"]),
+            coefs=None,
+            factors=None,
+        )
+        for _ in range(g)
+    ]
+    routed: list[list[int]] = [[] for _ in range(g)]
+    records: list[list[dict]] = [[] for _ in range(g)]
+    clocks = [[sim.clock] for sim in sims]
+    next_id = 0
+    exhausted = False
+    for k in range(int(num_steps)):
+        clock = sims[0].clock
+        assert all(sim.clock == clock for sim in sims)  # lockstep: one shared clock
+        if not stream_ends and (not arrival or clock > arrival[-1]):
+            exhausted = True
+        while next_id < len(s) and arrival[next_id] <= clock:
+            keys = [router_key(sim, router) for sim in sims]
+            dest = keys.index(min(keys))  # ties to the lowest index
+            sims[dest].add_request(arrival[next_id], s[next_id], o[next_id])
+            sims[dest].arrivals(k)  # joins the end of that replica's queue now
+            routed[dest].append(next_id)
+            next_id += 1
+        for r, sim in enumerate(sims):
+            records[r].append(sim.step(k))
+            clocks[r].append(sim.clock)
+    return ClusterResult(
+        [_result(sim, records[r], clocks[r]) for r, sim in enumerate(sims)],
+        routed,
+        {"arrivals_exhausted": exhausted},
     )

@@ -50,6 +50,7 @@ FLAG_ARRIVALS_EXHAUSTED = 4  # clock passed the last buffered arrival of an endl
 FLAG_BACKLOG_EXHAUSTED = 8  # saturated run admitted every buffered request
 FLAG_KV_OVER_M = 16  # invariant KV <= M broken (a bug; never expected)
 FLAG_LOOP_LIMIT = 32  # a step needed more preemption/admission iterations than allowed
+FLAG_REPLICA_FULL = 64  # a dynamic router sent a replica more requests than its buffer holds
 FLAG_NAMES = {
     FLAG_RING_FULL: "ring_full",
     FLAG_STACK_FULL: "stack_full",
@@ -57,7 +58,10 @@ FLAG_NAMES = {
     FLAG_BACKLOG_EXHAUSTED: "backlog_exhausted",
     FLAG_KV_OVER_M: "kv_over_capacity",
     FLAG_LOOP_LIMIT: "loop_limit",
+    FLAG_REPLICA_FULL: "replica_buffer_full",
 }
+# Routers that need the replicas' run-time state (docs/semantics.md "Replicas and routing").
+DYNAMIC_ROUTERS = ("jsq", "least_kv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +86,13 @@ class SimConfig:
         preempt_window, admit_window: preemptions / FCFS admissions handled per loop iteration
             (prefix sums over that many ring entries / queue-head candidates). Pure speed
             knobs: the loops repeat until done, results do not depend on them.
+        router: ``none`` (every row has its own arrival stream: one replica, or replicas
+            behind a static router that split the stream beforehand) or a dynamic router
+            (``jsq``, ``least_kv``): rows are then (traj, replica) groups of ``num_replicas``
+            fed at run time from one stream per trajectory.
+        num_replicas: G, the replicas per trajectory (dynamic routers only).
+        replica_requests: each replica's request buffer (dynamic routers only).
+        route_window: arrivals routed per loop iteration (a speed knob).
     """
 
     chunk_tokens: int = 512
@@ -102,6 +113,10 @@ class SimConfig:
     record_steps: bool = False
     preempt_window: int = 4
     admit_window: int = 4
+    router: str = "none"
+    num_replicas: int = 1
+    replica_requests: int = 0
+    route_window: int = 4
 
     def validate(self) -> None:
         check_number("chunk_tokens", self.chunk_tokens, low=1, integer=True)
@@ -126,6 +141,28 @@ class SimConfig:
         if self.cal_len & (self.cal_len - 1):
             raise InputError("cal_len", f"must be a power of two, got {self.cal_len}")
         check_number("num_records", self.num_records, low=0, integer=True)
+        if self.router not in ("none",) + DYNAMIC_ROUTERS:
+            raise InputError(
+                "router", f"must be none, {', '.join(DYNAMIC_ROUTERS)}, got {self.router!r}"
+            )
+        if self.dynamic:
+            check_number("num_replicas", self.num_replicas, low=1, integer=True)
+            check_number("replica_requests", self.replica_requests, low=1, integer=True)
+            check_number("route_window", self.route_window, low=1, integer=True)
+            if self.batch_time_model != "constant":
+                raise InputError(
+                    "router",
+                    f"{self.router} needs batch_time_model='constant' (replicas routed at run "
+                    f"time must share step boundaries), got {self.batch_time_model!r}",
+                )
+            if self.saturated:
+                raise InputError(
+                    "router", f"{self.router} routes arrivals; a saturated run has none"
+                )
+
+    @property
+    def dynamic(self) -> bool:
+        return self.router in DYNAMIC_ROUTERS
 
     @property
     def window(self) -> int:
@@ -193,6 +230,15 @@ class _State(NamedTuple):
     # first-token step of the latest admission (tentative), finish step of the latest
     # admission (tentative; -1 if preempted), preemptions.
     rec: jax.Array
+    # Dynamic routers only (None otherwise): this replica's request buffer, filled by the
+    # router (prompt, output, index in the trajectory's stream; -1 = empty), the stream
+    # pointer (next unrouted request; equal in every replica of a trajectory) and Σ s over
+    # waiting requests (the least_kv key's second term).
+    buf_s: Any = None
+    buf_o: Any = None
+    buf_src: Any = None
+    r_ptr: Any = None
+    wait_tok: Any = None
 
 
 class BlockOut(NamedTuple):
@@ -241,7 +287,7 @@ def _init_state(cfg: SimConfig, num_requests: int) -> _State:
     rr = max(cfg.num_records, 1)
     ring = jnp.zeros((cfg.max_running, 2), jnp.int32)
     rec = jnp.full((rr, 6), -1, jnp.int32).at[:, REC_NPRE].set(0)
-    return _State(
+    st = _State(
         t=jnp.float32(0.0),
         t_comp=jnp.float32(0.0),
         k=z,
@@ -267,6 +313,16 @@ def _init_state(cfg: SimConfig, num_requests: int) -> _State:
         flags=z,
         rec=rec,
     )
+    if cfg.dynamic:
+        rb = cfg.replica_requests
+        st = st._replace(
+            buf_s=jnp.ones((rb,), jnp.int32),
+            buf_o=jnp.ones((rb,), jnp.int32),
+            buf_src=jnp.full((rb,), -1, jnp.int32),
+            r_ptr=z,
+            wait_tok=z,
+        )
+    return st
 
 
 def _growth(st: _State, chunk: int):
@@ -292,6 +348,8 @@ def _begin(st: _State, wl: Workload, params: SimParams, cfg: SimConfig) -> _Stat
         once=row[CAL_ONCE],
         cal_done=st.cal_done.at[prev].set(0),
     )
+    if cfg.dynamic:  # the router already appended this step's arrivals (st.p_arr)
+        return _refill_window(st)
     if cfg.saturated:
         p_arr = jnp.int32(R)
     else:
@@ -363,6 +421,7 @@ def _preempt_window(st: _State, wl: Workload, params: SimParams, cfg: SimConfig)
         stack=st.stack.at[push].set(jnp.stack([rid, saved], axis=-1), mode="drop"),
         top=jnp.minimum(st.top + n_vict, S),
         preempted=st.preempted + n_vict,
+        wait_tok=st.wait_tok + jnp.sum(vi * s) if cfg.router == "least_kv" else st.wait_tok,
         flags=st.flags | jnp.where(jnp.any(victim & ~fits), FLAG_STACK_FULL, 0),
         tail=st.tail - jnp.sum(consumed.astype(jnp.int32)),
     )
@@ -476,7 +535,7 @@ def _finish(st: _State, xi, params: SimParams, cfg: SimConfig):
     prefill_tokens = cfg.chunk_tokens * st.nfull + st.once
     decode_tokens = st.ndec
     kv = st.used + prefill_tokens + decode_tokens
-    queue_len = st.top + jnp.sum(st.win_id >= 0) + (st.p_arr - st.p_adm)
+    queue_len = _waiting(st)
     over = (kv > M) | (kv < 0)
     if cfg.batch_time_model == "constant":
         b = params.batch_time_s
@@ -510,6 +569,94 @@ def _finish(st: _State, xi, params: SimParams, cfg: SimConfig):
     return st, out
 
 
+def _waiting(st: _State):
+    """Waiting requests: preempted (stack), in the window, and arrived beyond it."""
+    return st.top + jnp.sum(st.win_id >= 0, axis=-1) + (st.p_arr - st.p_adm)
+
+
+def _route(st: _State, stream: Workload, params: SimParams, cfg: SimConfig) -> _State:
+    """Step 1 of every replica under a dynamic router (docs/semantics.md "Replicas and
+    routing"), at batch level over the (traj, replica) rows.
+
+    Each trajectory's new arrivals (arrival <= t_k, in id order) are routed one at a time to
+    the replica with the smallest key, ties to the lowest index, and appended to its queue
+    before the next is routed: ``jsq`` key = waiting + running, ``least_kv`` key = U + Σ s
+    of waiting requests. ``route_window`` arrivals per loop iteration, sequentially unrolled.
+    """
+    G, A, rb = cfg.num_replicas, cfg.route_window, cfg.replica_requests
+    n, total = stream.prompt.shape
+    rows = n * G
+    grid = lambda x: x.reshape(n, G)  # noqa: E731
+    lam = grid(params.arrival_rate_per_s)[:, 0]
+    t = grid(st.t)[:, 0]
+    if cfg.router == "jsq":
+        key0 = grid(_waiting(st) + st.n_running)
+    else:
+        key0 = grid(st.used + st.wait_tok)
+    lanes = jnp.arange(G, dtype=jnp.int32)[None, :]
+    first_row = jnp.arange(n, dtype=jnp.int32) * G
+    ahead = jnp.arange(A, dtype=jnp.int32)[None, :]
+    # How many requests have arrived, decided once per step: re-evaluating epoch/λ <= t
+    # inside the loop could round differently in another fusion and never terminate.
+    arrived = jax.vmap(
+        lambda e, l_, t_: jnp.searchsorted(e / l_, t_, side="right", method="scan_unrolled")
+    )(stream.arrival_epoch, lam, t).astype(jnp.int32)
+
+    def cond(c):
+        return jnp.any(c[2] < arrived)
+
+    def body(c):
+        key, cnt, ptr, bs, bo, bsrc, full = c
+        idx = ptr[:, None] + ahead
+        due = idx < arrived[:, None]
+        idx = jnp.minimum(idx, total - 1)
+        s = jnp.take_along_axis(stream.prompt, idx, axis=1)
+        o = jnp.take_along_axis(stream.output, idx, axis=1)
+        dst_rows, dst_cols = [], []
+        for j in range(A):
+            d = jnp.argmin(key, axis=1).astype(jnp.int32)  # first minimum: lowest index
+            hit = (lanes == d[:, None]) & due[:, j : j + 1]
+            pos = jnp.sum(jnp.where(hit, cnt, 0), axis=1)
+            room = pos < rb
+            key = key + hit * (1 if cfg.router == "jsq" else s[:, j : j + 1])
+            cnt = cnt + hit * room[:, None]
+            full = full | (due[:, j] & ~room)
+            dst_rows.append(_drop(due[:, j] & room, first_row + d, rows))
+            dst_cols.append(pos)
+        r_, c_ = jnp.stack(dst_rows, axis=1), jnp.stack(dst_cols, axis=1)
+        bs = bs.at[r_, c_].set(s, mode="drop")
+        bo = bo.at[r_, c_].set(o, mode="drop")
+        bsrc = bsrc.at[r_, c_].set(idx, mode="drop")
+        ptr = ptr + jnp.sum(due, axis=1, dtype=jnp.int32)
+        return key, cnt, ptr, bs, bo, bsrc, full
+
+    init = (
+        key0,
+        grid(st.p_arr),
+        grid(st.r_ptr)[:, 0],
+        st.buf_s,
+        st.buf_o,
+        st.buf_src,
+        jnp.zeros(n, jnp.bool_),
+    )
+    key, cnt, ptr, bs, bo, bsrc, full = jax.lax.while_loop(cond, body, init)
+    flag = jnp.where(full, FLAG_REPLICA_FULL, 0)
+    if not cfg.stream_ends:  # the clock passed the stream's last buffered arrival
+        last = stream.arrival_epoch[:, total - 1] / lam
+        flag = flag | jnp.where(t > last, FLAG_ARRIVALS_EXHAUSTED, 0)
+    per_row = lambda x: jnp.repeat(x, G)  # noqa: E731
+    wait_tok = st.wait_tok + (key - key0).reshape(rows) if cfg.router == "least_kv" else st.wait_tok
+    return st._replace(
+        p_arr=cnt.reshape(rows),
+        r_ptr=per_row(ptr),
+        buf_s=bs,
+        buf_o=bo,
+        buf_src=bsrc,
+        wait_tok=wait_tok,
+        flags=st.flags | per_row(flag),
+    )
+
+
 def _batch_step(st: _State, xi, wl: Workload, params: SimParams, cfg: SimConfig):
     """One batch iteration of every trajectory (docs/semantics.md steps 1–7).
 
@@ -518,6 +665,14 @@ def _batch_step(st: _State, xi, wl: Workload, params: SimParams, cfg: SimConfig)
     instead select between old and new carries, copying every calendar each iteration.
     """
     vm = lambda f, *axes: jax.vmap(f, in_axes=axes)  # noqa: E731
+    bufs = None
+    if cfg.dynamic:
+        # Route, then read each replica's own buffer. The buffers stay out of the loops'
+        # carries: the loops only read them.
+        st = _route(st, wl, params, cfg)
+        bufs = (st.buf_s, st.buf_o, st.buf_src)
+        wl = Workload(None, st.buf_s, st.buf_o)
+        st = st._replace(buf_s=None, buf_o=None, buf_src=None)
     st = vm(lambda s, w, p: _begin(s, w, p, cfg), 0, 0, 0)(st, wl, params)
 
     def pre_cond(c):
@@ -556,7 +711,10 @@ def _batch_step(st: _State, xi, wl: Workload, params: SimParams, cfg: SimConfig)
     hit = (n_pre >= cfg.max_loop) | (n_adm >= cfg.max_loop)
     st = st._replace(flags=st.flags | jnp.where(hit & still, FLAG_LOOP_LIMIT, 0))
     xi_axis = None if xi is None else 0
-    return vm(lambda s, x, p: _finish(s, x, p, cfg), 0, xi_axis, 0)(st, xi, params)
+    st, out = vm(lambda s, x, p: _finish(s, x, p, cfg), 0, xi_axis, 0)(st, xi, params)
+    if bufs is not None:
+        st = st._replace(buf_s=bufs[0], buf_o=bufs[1], buf_src=bufs[2])
+    return st, out
 
 
 def _refill_window(st: _State) -> _State:
@@ -621,6 +779,7 @@ def _enter(st: _State, admit, cid, cpos, slot, wl: Workload, cfg: SimConfig) -> 
         ring_end=st.ring_end.at[_drop(admit, slot, K)].set(end, mode="drop"),
         tail=st.tail + n,
         n_running=st.n_running + n,
+        wait_tok=st.wait_tok - jnp.sum(ai * s) if cfg.router == "least_kv" else st.wait_tok,
     )
     if cfg.num_records:
         nrec = st.rec.shape[0]
@@ -689,8 +848,11 @@ def batch_rollout(
     sweep over them does not recompile.
 
     Args:
-        wl: request buffers, shapes (traj, req).
-        params: per-trajectory parameters, shapes (traj,) ((traj, 4) for linear_coefs).
+        wl: request buffers, shapes (traj, req): one per row; under a dynamic router
+            (``cfg.router``) one stream per trajectory, routed over ``cfg.num_replicas``
+            rows each.
+        params: per-row parameters, shapes (rows,) ((rows, 4) for linear_coefs); rows are
+            trajectories, or (traj, replica) pairs under a dynamic router.
         xi: (traj, cfg.num_steps) batch-time factors for the ``random`` model, else None.
         cfg: static configuration.
         state: a previous call's ``final`` state to continue from (segmented runs); None
@@ -701,7 +863,7 @@ def batch_rollout(
         final state (traj, ...).
     """
     if state is None:
-        state = init_state(cfg, wl.prompt.shape[0])
+        state = init_state(cfg, wl.prompt.shape[0] * (cfg.num_replicas if cfg.dynamic else 1))
     ndev = jax.local_device_count()
     if ndev > 1 and wl.prompt.shape[0] % ndev == 0:
         return _sharded_rollout(cfg, ndev, xi is None)(wl, params, xi, state)
@@ -751,7 +913,7 @@ TRACE_COUNT = [0]  # times the rollout was traced (compiled); tests check sweeps
 
 def _batch_rollout_impl(wl, params, xi, st0, cfg):
     TRACE_COUNT[0] += 1
-    n = wl.prompt.shape[0]
+    n = st0.k.shape[0]  # rows: trajectories, or (traj, replica) under a dynamic router
     nb = cfg.num_steps // cfg.block_steps
     xs = None if xi is None else jnp.swapaxes(xi, 0, 1).reshape(nb, cfg.block_steps, n)
     f32 = jnp.float32
@@ -967,7 +1129,13 @@ def simulate(
         num_steps: batch steps T (rounded up to whole blocks and segments).
         num_trajectories: N.
         seed: PRNG seed; the whole run is a deterministic function of it and the sizes.
-        num_replicas, router: G replicas behind ``round_robin`` or ``random`` routing.
+        num_replicas, router: G replicas behind a router (docs/semantics.md "Replicas and
+            routing"): ``round_robin`` (request i -> replica i mod G, the paper's 8-GPU
+            runs) or ``random`` split the stream in advance; ``jsq`` (fewest requests
+            waiting + running) and ``least_kv`` (fewest KV tokens held + prompt tokens
+            waiting) route each arrival at run time and need ``batch_time_model='constant'``.
+            λ is the rate into the whole cluster. A saturated run needs no router: every
+            replica has its own backlog.
         admission, overflow, order, spf_window: policies (docs/semantics.md).
         batch_time_model: ``constant`` (b̄), ``linear`` (``linear_coefs`` = c₀, c_p, c_d,
             c_kv) or ``random`` (b̄·ξ, ξ from ``batch_time_law`` with ``batch_time_sigma``,
@@ -987,7 +1155,13 @@ def simulate(
     from kvstab import __version__, analytic
     from kvstab.laws import as_joint
     from kvstab.metrics import warmup_blocks
-    from kvstab.workload import batch_time_factors, replay_workload, sample_workload
+    from kvstab.workload import (
+        ROUTERS,
+        batch_time_factors,
+        replay_workload,
+        sample_workload,
+        split_stream,
+    )
 
     wall0 = time.perf_counter()
     check_number("kv_capacity_tokens", np.min(kv_capacity_tokens), low=1, integer=True)
@@ -1017,9 +1191,20 @@ def simulate(
             or np.any(coefs[1:] < 0)
         ):
             raise InputError("linear_coefs", "need 4 finite numbers c0 > 0, c_p, c_d, c_kv >= 0")
+    check_number("num_replicas", num_replicas, low=1, integer=True)
+    if router not in ROUTERS:
+        raise InputError("router", f"must be one of {', '.join(ROUTERS)}, got {router!r}")
     n = int(num_trajectories)
     g = int(num_replicas)
     rows = n * g
+    dynamic = router in DYNAMIC_ROUTERS and g > 1 and not saturated
+    if dynamic and batch_time_model != "constant":
+        raise InputError(
+            "router",
+            f"{router} routes on the replicas' states at shared step boundaries, so it needs "
+            f"batch_time_model='constant', got {batch_time_model!r} (round_robin and random "
+            "work with every batch-time model)",
+        )
     M_arr = np.broadcast_to(np.asarray(kv_capacity_tokens), (n,)).astype(np.int64)
     joint = as_joint(law) if replay is None else None
     if joint is not None and joint.max_total is not None and joint.max_total > M_arr.min():
@@ -1071,6 +1256,10 @@ def simulate(
     sz.setdefault("max_preempted", sz["max_running"])
     if replay is not None:
         sz["num_requests"] = int(np.asarray(replay[0]).size)
+        if dynamic:
+            sz.setdefault(
+                "replica_requests", min(sz["num_requests"], int(1.3 * sz["num_requests"] / g) + 64)
+            )
     elif saturated:
         sz.setdefault(
             "num_requests", int(1.25 * T * M_max / eg_probe + 2 * sz["max_running"] + 256)
@@ -1087,6 +1276,8 @@ def simulate(
         if ms is not None and mo is not None:  # longest possible life of an independent law
             max_life = max(max_life, -(-ms // chunk_tokens) + mo)
     sz.setdefault("cal_len", _next_pow2(max_life + 2))
+    if dynamic:  # per-replica buffers; the stream feeding them holds G times as many
+        sz.setdefault("replica_requests", sz["num_requests"])
 
     params_base = dict(
         kv=jnp.asarray(np.repeat(M_arr, g), jnp.int32),
@@ -1117,9 +1308,21 @@ def simulate(
     while True:
         attempt += 1
         if replay is not None:
+            # one copy of the trace per trajectory; replicas share it through the router
             wl = replay_workload(*replay)
-            if rows > 1:
-                wl = jax.tree_util.tree_map(lambda x: jnp.repeat(x, rows, axis=0), wl)
+            if n > 1:
+                wl = jax.tree_util.tree_map(lambda x: jnp.repeat(x, n, axis=0), wl)
+            if g > 1 and not dynamic:
+                wl = split_stream(wl, g, router, key_wl, per_replica=None)
+        elif dynamic:
+            wl = sample_workload(
+                key_wl,
+                joint,
+                num_trajectories=n,
+                num_requests=g * sz["num_requests"],
+                arrivals=arrivals,
+                initial_queue=initial_queue,
+            )
         else:
             wl = sample_workload(
                 key_wl,
@@ -1129,7 +1332,7 @@ def simulate(
                 arrivals="saturated" if saturated else arrivals,
                 initial_queue=initial_queue,
                 num_replicas=g,
-                router=router,
+                router=router if not saturated else "round_robin",
             )
         bad = (
             np.flatnonzero(np.asarray(wl.prompt + wl.output).max(axis=0) > M_max)
@@ -1155,9 +1358,14 @@ def simulate(
             max_running=sz["max_running"],
             max_preempted=sz["max_preempted"],
             cal_len=sz["cal_len"],
-            num_records=min(int(num_records), wl.num_requests),
+            num_records=min(
+                int(num_records), sz["replica_requests"] if dynamic else wl.num_requests
+            ),
             # records in seconds under a non-constant batch time need each step's duration
             record_steps=bool(record_steps) or need_clock,
+            router=router if dynamic else "none",
+            num_replicas=g if dynamic else 1,
+            replica_requests=sz["replica_requests"] if dynamic else 0,
         )
         cfg.validate()
         params = SimParams(
@@ -1200,6 +1408,12 @@ def simulate(
             )
         if all_bits & (FLAG_ARRIVALS_EXHAUSTED | FLAG_BACKLOG_EXHAUSTED) and replay is None:
             new["num_requests"] = int(sz["num_requests"] * 2)
+            if dynamic:
+                new["replica_requests"] = max(sz["replica_requests"], new["num_requests"])
+        if all_bits & FLAG_REPLICA_FULL:
+            new["replica_requests"] = min(
+                2 * sz["replica_requests"], wl.prompt.shape[1]
+            )  # never more than the whole stream
         if new == sz or attempt >= max_attempts:
             break  # clean, or out of attempts: the flags stay in the result
         sz = new
@@ -1221,7 +1435,9 @@ def simulate(
     config = {
         "kvstab_version": __version__,
         "sim_semantics_version": SIM_SEMANTICS_VERSION,
-        "workload": joint.spec if joint is not None else f"replay of {wl.num_requests} requests",
+        "workload": joint.spec
+        if joint is not None
+        else f"replay of {np.asarray(replay[0]).size} requests",
         "kv_capacity_tokens": M_arr.tolist() if M_arr.size > 1 and np.ptp(M_arr) else int(M_arr[0]),
         "chunk_tokens": int(chunk_tokens),
         "batch_time_s": np.ravel(batch_time_s).tolist()
@@ -1241,6 +1457,17 @@ def simulate(
         "seed": int(seed),
         "num_replicas": g,
         "router": router,
+        "routing": "at run time on the replicas' states"
+        if dynamic
+        else (
+            "none (one replica)"
+            if g == 1
+            else (
+                "none: every saturated replica has its own backlog"
+                if saturated
+                else "a static split of the stream"
+            )
+        ),
         "admission": admission,
         "overflow": overflow,
         "order": order,
@@ -1294,7 +1521,12 @@ def _records_in_seconds(state, wl, params, cfg, clock_fn, T):
             return np.where(k >= 0, np.take_along_axis(clock, np.maximum(k, 0), axis=1), np.nan)
 
     lam = np.asarray(params.arrival_rate_per_s, np.float64)[:, None]
-    arr = np.asarray(wl.arrival_epoch, np.float64)[:, :rr] / lam
+    epoch = np.asarray(wl.arrival_epoch, np.float64)
+    if cfg.dynamic:  # replica buffers hold stream indices; a trajectory's G rows share one
+        src = np.asarray(state.buf_src)[:, :rr]
+        stream = np.repeat(epoch, cfg.num_replicas, axis=0)
+        epoch = np.where(src >= 0, np.take_along_axis(stream, np.maximum(src, 0), axis=1), np.nan)
+    arr = epoch[:, :rr] / lam
     if cfg.saturated:
         arr = np.zeros_like(arr)
     tok, fin = rec["first_token_step"], rec["finish_step"]

@@ -18,7 +18,11 @@ from kvstab.errors import InputError, check_number
 from kvstab.laws import JointLaw
 
 ARRIVALS = ("poisson", "deterministic", "saturated", "replay")
-ROUTERS = ("round_robin", "random")
+ROUTERS = ("round_robin", "random", "jsq", "least_kv")
+# Static routers split the stream before the run; dynamic ones route each request at run time
+# on the replicas' states (docs/semantics.md "Replicas and routing").
+STATIC_ROUTERS = ("round_robin", "random")
+DYNAMIC_ROUTERS = ("jsq", "least_kv")
 
 
 class Workload(NamedTuple):
@@ -80,8 +84,12 @@ def sample_workload(
         raise InputError(
             "arrivals", f"must be one of poisson, deterministic, saturated, got {arrivals!r}"
         )
-    if router not in ROUTERS:
-        raise InputError("router", f"must be one of {', '.join(ROUTERS)}, got {router!r}")
+    if router not in STATIC_ROUTERS:
+        raise InputError(
+            "router",
+            f"sample_workload splits by {' or '.join(STATIC_ROUTERS)}, got {router!r} "
+            "(dynamic routers route in the simulator: sample one stream with num_replicas=1)",
+        )
     n, r, g = int(num_trajectories), int(num_requests), int(num_replicas)
     # Random routing gives each replica a binomial share: draw extra so every buffer fills.
     total = r * g if (g == 1 or router == "round_robin") else int(r * g * 1.25 + 64 * g)
@@ -97,13 +105,49 @@ def sample_workload(
         q = min(int(initial_queue), total)
         shifted = jnp.concatenate([jnp.zeros((n, q), epoch.dtype), epoch[:, : total - q]], axis=1)
         epoch = shifted
+    stream = Workload(epoch.astype(jnp.float32), s.astype(jnp.int32), o.astype(jnp.int32))
     if g == 1:
-        return Workload(epoch.astype(jnp.float32), s.astype(jnp.int32), o.astype(jnp.int32))
+        return stream
+    return split_stream(stream, g, router, key_route, per_replica=r)
+
+
+def split_stream(
+    stream: Workload,
+    num_replicas: int,
+    router: str,
+    key: jax.Array | None,
+    *,
+    per_replica: int | None,
+) -> Workload:
+    """Split each trajectory's request stream over G replicas by a static router.
+
+    ``round_robin``: request i goes to replica i mod G. ``random``: an independent uniform
+    replica per request (a stable partition, so each replica keeps arrival order). Rows are
+    ordered (traj, replica). Dynamic routers (jsq, least_kv) route inside the simulator.
+
+    Args:
+        per_replica: each replica gets the first ``per_replica`` requests routed to it (an
+            endless stream's prefix). None: every request of a finite stream (trace replay)
+            is kept, and shorter shares are padded with requests that never arrive
+            (arrival epoch +inf, s = o = 1), so nothing is dropped.
+    """
+    if router not in STATIC_ROUTERS:
+        raise InputError(
+            "router", f"split_stream takes {' or '.join(STATIC_ROUTERS)}, got {router!r}"
+        )
+    n, total = stream.prompt.shape
+    g = int(num_replicas)
+    if per_replica is None:
+        return _split_all(stream, g, router, key)
+    r = int(per_replica)
     if router == "round_robin":
-        per = lambda x: x.reshape(n, r, g).transpose(0, 2, 1).reshape(n * g, r)  # noqa: E731
-        return Workload(per(epoch).astype(jnp.float32), per(s), per(o))
-    # random router: stable partition of each trajectory's stream by replica
-    rep = jax.random.randint(key_route, (n, total), 0, g)
+        if total < r * g:
+            raise InputError(
+                "num_requests", f"the stream has {total} requests, fewer than {g} x {r}"
+            )
+        per = lambda x: x[:, : r * g].reshape(n, r, g).transpose(0, 2, 1).reshape(n * g, r)  # noqa: E731
+        return Workload(*(per(x) for x in stream))
+    rep = jax.random.randint(key, (n, total), 0, g)
     order = jnp.argsort(rep * total + jnp.arange(total)[None, :], axis=1)
     counts = jax.vmap(lambda x: jnp.bincount(x, length=g))(rep)
     if int(jnp.min(counts)) < r:
@@ -116,7 +160,35 @@ def sample_workload(
     idx = starts[:, :, None] + jnp.arange(r)[None, None, :]  # (n, g, r)
     take = jnp.take_along_axis(order[:, None, :].repeat(g, 1), idx, axis=2)
     pick = lambda x: jnp.take_along_axis(x[:, None, :].repeat(g, 1), take, axis=2).reshape(n * g, r)  # noqa: E731
-    return Workload(pick(epoch).astype(jnp.float32), pick(s), pick(o))
+    return Workload(*(pick(x) for x in stream))
+
+
+def _split_all(stream: Workload, g: int, router: str, key) -> Workload:
+    """``split_stream`` keeping every request, padding shorter shares (never arriving)."""
+    n, total = stream.prompt.shape
+    rep = (
+        jnp.broadcast_to(jnp.arange(total) % g, (n, total))
+        if router == "round_robin"
+        else jax.random.randint(key, (n, total), 0, g)
+    )
+    order = jnp.argsort(rep * total + jnp.arange(total)[None, :], axis=1)
+    counts = jax.vmap(lambda x: jnp.bincount(x, length=g))(rep)
+    width = int(jnp.max(counts))
+    starts = jnp.concatenate(
+        [jnp.zeros((n, 1), counts.dtype), jnp.cumsum(counts, axis=1)[:, :-1]], axis=1
+    )
+    j = jnp.arange(width)[None, None, :]
+    real = j < counts[:, :, None]  # (n, g, width)
+    idx = jnp.minimum(starts[:, :, None] + j, total - 1)
+    take = jnp.take_along_axis(order[:, None, :].repeat(g, 1), idx, axis=2)
+
+    def pick(x, pad):
+        got = jnp.take_along_axis(x[:, None, :].repeat(g, 1), take, axis=2)
+        return jnp.where(real, got, pad).reshape(n * g, width)
+
+    return Workload(
+        pick(stream.arrival_epoch, jnp.inf), pick(stream.prompt, 1), pick(stream.output, 1)
+    )
 
 
 def replay_workload(arrival_s, prompt, output) -> Workload:

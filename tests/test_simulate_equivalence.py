@@ -13,7 +13,7 @@ import pytest
 
 from kvstab import reference
 from kvstab.simulate import SimConfig, SimParams, batch_rollout, step_records
-from kvstab.workload import Workload
+from kvstab.workload import Workload, split_stream
 
 
 def small_workload(seed, n_req, s_max, o_max, rate_steps, burst=0):
@@ -100,19 +100,21 @@ def run_both(
     return ref, out
 
 
-def assert_same(ref, out, T):
+def assert_same(ref, out, T, row=0):
+    """Row ``row`` of the JAX run equals the reference run step by step and per request."""
     st, f = out.steps, out.final
-    np.testing.assert_array_equal(np.asarray(st.kv_tokens[0]), ref.kv_tokens)
-    np.testing.assert_array_equal(np.asarray(st.queue_len[0]), ref.queue_len)
-    np.testing.assert_array_equal(np.asarray(st.running[0]), ref.running)
-    np.testing.assert_array_equal(np.asarray(st.completed[0]), ref.completions_cum)
-    np.testing.assert_array_equal(np.asarray(st.preempted[0]), ref.preemptions_cum)
-    np.testing.assert_array_equal(np.asarray(st.prefill_tokens[0]), ref.prefill_tokens)
-    np.testing.assert_array_equal(np.asarray(st.decode_tokens[0]), ref.decode_tokens)
-    np.testing.assert_allclose(np.asarray(st.batch_time_s[0]), ref.batch_time_s, rtol=1e-6)
-    assert int(f.p_arr[0]) == ref.num_arrived
-    assert int(f.flags[0]) & 0b110011 == 0  # no cap flags, no invariant break
-    rec = {k: v[0] for k, v in step_records(f, len(ref.finish_step), T).items()}
+    np.testing.assert_array_equal(np.asarray(st.kv_tokens[row]), ref.kv_tokens)
+    np.testing.assert_array_equal(np.asarray(st.queue_len[row]), ref.queue_len)
+    np.testing.assert_array_equal(np.asarray(st.running[row]), ref.running)
+    np.testing.assert_array_equal(np.asarray(st.completed[row]), ref.completions_cum)
+    np.testing.assert_array_equal(np.asarray(st.preempted[row]), ref.preemptions_cum)
+    np.testing.assert_array_equal(np.asarray(st.prefill_tokens[row]), ref.prefill_tokens)
+    np.testing.assert_array_equal(np.asarray(st.decode_tokens[row]), ref.decode_tokens)
+    np.testing.assert_allclose(np.asarray(st.batch_time_s[row]), ref.batch_time_s, rtol=1e-6)
+    assert int(f.p_arr[row]) == ref.num_arrived
+    assert int(f.flags[row]) & 0b1110011 == 0  # no cap flags, no invariant break
+    n_rec = len(ref.finish_step)
+    rec = {k: v[row][:n_rec] for k, v in step_records(f, out.final.rec.shape[1], T).items()}
     for name in (
         "first_admit_step",
         "admit_step",
@@ -179,3 +181,104 @@ def test_saturated_and_empty_system():
     ref, out = run_both(arr2, s[:5], o[:5], M=150, chunk=8, T=50)
     assert ref.num_arrived == 0 and int(out.final.completed[0]) == 0
     assert_same(ref, out, 50)
+
+
+# ---------------------------------------------------------------------------------------------
+# Replicas behind a router: the reference cluster against the JAX rows of each replica.
+
+
+def run_cluster_both(arr, s, o, *, G, router, M, chunk, T, b=1 / 32, caps=64, buffer=None, **pol):
+    ref = reference.simulate_cluster(
+        arr,
+        s,
+        o,
+        num_replicas=G,
+        router=router,
+        kv_capacity_tokens=M,
+        chunk_tokens=chunk,
+        num_steps=T,
+        stream_ends=True,
+        batch_time_s=b,
+        **pol,
+    )
+    life = int(np.max(-(-s // chunk) + o))
+    dynamic = router in ("jsq", "least_kv")
+    cfg = SimConfig(
+        chunk_tokens=chunk,
+        num_steps=T,
+        block_steps=1,
+        stream_ends=True,
+        max_running=caps,
+        max_preempted=caps,
+        cal_len=max(1 << int(np.ceil(np.log2(life + 2))), 4),
+        num_records=len(s),
+        record_steps=True,
+        router=router if dynamic else "none",
+        num_replicas=G,
+        replica_requests=buffer or len(s),
+        **pol,
+    )
+    stream = Workload(
+        jnp.asarray(arr, jnp.float32)[None],
+        jnp.asarray(s, jnp.int32)[None],
+        jnp.asarray(o, jnp.int32)[None],
+    )
+    wl = stream if dynamic else split_stream(stream, G, router, None, per_replica=len(s) // G)
+    params = SimParams(
+        jnp.full(G, M, jnp.int32),
+        jnp.ones(G),
+        jnp.full(G, b, jnp.float32),
+        jnp.zeros((G, 4), jnp.float32),
+    )
+    return ref, batch_rollout(wl, params, None, cfg)
+
+
+def assert_cluster_same(ref, out, T):
+    for r, (run, ids) in enumerate(zip(ref.replicas, ref.routed, strict=True)):
+        assert_same(run, out, T, row=r)
+        if out.final.buf_src is not None:  # the router sent the same requests, in order
+            np.testing.assert_array_equal(np.asarray(out.final.buf_src[r, : len(ids)]), ids)
+            assert np.all(np.asarray(out.final.buf_src[r, len(ids) :]) == -1)
+
+
+CLUSTER_POLICIES = [
+    ("current", "recompute", "fcfs"),
+    ("current", "swap", "spf"),
+    ("reserve", "recompute", "fcfs"),
+]
+
+
+@pytest.mark.parametrize("router", ["jsq", "least_kv"])
+@pytest.mark.parametrize("admission,overflow,order", CLUSTER_POLICIES)
+def test_dynamic_routers_match_reference(router, admission, overflow, order):
+    # bursts of simultaneous arrivals (0 gaps, 12 at t = 0) route more than one window
+    arr, s, o = small_workload(5, 150, s_max=24, o_max=30, rate_steps=5, burst=12)
+    ref, out = run_cluster_both(
+        arr, s, o, G=3, router=router, M=120, chunk=8, T=160,
+        admission=admission, overflow=overflow, order=order, spf_window=4,
+    )  # fmt: skip
+    loads = [len(ids) for ids in ref.routed]
+    assert min(loads) > 20 and sum(loads) == ref.replicas[0].num_arrived + sum(loads[1:])
+    if admission == "current":
+        assert sum(run.num_preemptions for run in ref.replicas) > 0
+    assert_cluster_same(ref, out, 160)
+
+
+def test_routers_differ_and_balance():
+    # jsq keeps the replicas' request counts within one another; least_kv weighs prompts;
+    # both differ from round robin on the same stream (the test would catch a router that
+    # ignores its key)
+    arr, s, o = small_workload(6, 240, s_max=40, o_max=20, rate_steps=4, burst=8)
+    common = dict(G=4, M=160, chunk=8, T=120)
+    routed = {}
+    for router in ("round_robin", "jsq", "least_kv"):
+        ref, out = run_cluster_both(arr, s, o, router=router, **common)
+        assert_cluster_same(ref, out, 120)
+        routed[router] = ref.routed
+    assert routed["jsq"] != routed["round_robin"] != routed["least_kv"] != routed["jsq"]
+
+
+def test_full_replica_buffer_is_flagged():
+    arr, s, o = small_workload(7, 120, s_max=24, o_max=30, rate_steps=4)
+    _, out = run_cluster_both(arr, s, o, G=2, router="jsq", M=120, chunk=8, T=160, buffer=20)
+    assert np.all(np.asarray(out.final.flags) & 64)
