@@ -193,6 +193,20 @@ RING_ID, RING_A0 = range(2)  # columns of ring
 REC_FIRST_ADMIT, REC_ADMIT, REC_TOK_FINAL, REC_TOK_LAST, REC_FINISH, REC_NPRE = range(6)
 
 
+class _Req(NamedTuple):
+    """The request buffers as the step reads them: (s, o) packed, so that one gather
+    fetches both (on CPU every gather or scatter op has a fixed cost)."""
+
+    arrival_epoch: Any  # (req,) float32 (None where not needed)
+    so: jax.Array  # (req, 2) int32: prompt s, output o
+
+
+def _lens(req: _Req, idx):
+    """(s, o) of the requests ``idx``."""
+    row = req.so[idx]
+    return row[..., 0], row[..., 1]
+
+
 class _State(NamedTuple):
     t: jax.Array  # clock at the start of step k, s (float32, Kahan-compensated)
     t_comp: jax.Array  # Kahan compensation of the clock sum
@@ -208,8 +222,8 @@ class _State(NamedTuple):
     cal_rate: jax.Array
     # (L, 2) read at its end: tokens freed by completions, number of completions.
     cal_done: jax.Array
-    # (K, 3) running requests by admission sequence mod K: id, virtual start a0
-    # (position p = k - a0), completion step (-1 once preempted or completed-and-trimmed).
+    # (K, 2) running requests by admission sequence mod K: id, virtual start a0
+    # (position p = k - a0).
     ring: jax.Array
     # (K,) completion step of each ring entry; -1 once preempted. Kept apart from ``ring``:
     # it is read and written in the same loop iteration, which on a packed array costs a copy.
@@ -231,11 +245,10 @@ class _State(NamedTuple):
     # admission (tentative; -1 if preempted), preemptions.
     rec: jax.Array
     # Dynamic routers only (None otherwise): this replica's request buffer, filled by the
-    # router (prompt, output, index in the trajectory's stream; -1 = empty), the stream
+    # router ((prompt, output) pairs, index in the trajectory's stream; -1 = empty), the stream
     # pointer (next unrouted request; equal in every replica of a trajectory) and Σ s over
     # waiting requests (the least_kv key's second term).
-    buf_s: Any = None
-    buf_o: Any = None
+    buf_so: Any = None
     buf_src: Any = None
     r_ptr: Any = None
     wait_tok: Any = None
@@ -316,8 +329,7 @@ def _init_state(cfg: SimConfig, num_requests: int) -> _State:
     if cfg.dynamic:
         rb = cfg.replica_requests
         st = st._replace(
-            buf_s=jnp.ones((rb,), jnp.int32),
-            buf_o=jnp.ones((rb,), jnp.int32),
+            buf_so=jnp.ones((rb, 2), jnp.int32),
             buf_src=jnp.full((rb,), -1, jnp.int32),
             r_ptr=z,
             wait_tok=z,
@@ -330,23 +342,14 @@ def _growth(st: _State, chunk: int):
     return chunk * st.nfull + st.once + st.ndec
 
 
-def _begin(st: _State, wl: Workload, params: SimParams, cfg: SimConfig) -> _State:
-    """Read step k's calendar entries; docs/semantics.md step 1 (arrivals)."""
-    R = wl.prompt.shape[0]
-    i = st.k & (cfg.cal_len - 1)
-    # Read now, clear in _finish: clearing before the preemption/admission loops makes XLA
-    # copy the whole calendar every step. Nothing writes this step's slot of these three
-    # arrays in between (every event they record lies strictly after step k).
-    # Completions of step k-1 were read in its _finish; clear them here, where no read of
-    # the same array precedes the write (again to keep the update in place). No event can
-    # land in that slot meanwhile: lifetimes are shorter than the calendar.
-    prev = (st.k - 1) & (cfg.cal_len - 1)
-    row = st.cal_rate[i]
+def _begin(st: _State, row, wl: _Req, params: SimParams, cfg: SimConfig) -> _State:
+    """Apply step k's calendar row (read by :func:`_batch_step`); docs/semantics.md step 1
+    (arrivals)."""
+    R = wl.so.shape[0]
     st = st._replace(
         nfull=st.nfull + row[CAL_DFULL],
         ndec=st.ndec + row[CAL_DDEC],
         once=row[CAL_ONCE],
-        cal_done=st.cal_done.at[prev].set(0),
     )
     if cfg.dynamic:  # the router already appended this step's arrivals (st.p_arr)
         return _refill_window(st)
@@ -375,7 +378,7 @@ def _apply_life_events(st: _State, do, a0, pos, s, o, cfg: SimConfig, sign) -> _
     )
 
 
-def _preempt_window(st: _State, wl: Workload, params: SimParams, cfg: SimConfig) -> _State:
+def _preempt_window(st: _State, wl: _Req, params: SimParams, cfg: SimConfig) -> _State:
     """Step 3 for up to ``preempt_window`` tail entries at once.
 
     Walking from the newest ring entry down, an entry is consumed while the step still
@@ -395,7 +398,7 @@ def _preempt_window(st: _State, wl: Workload, params: SimParams, cfg: SimConfig)
     slot = (st.tail - 1 - j) % K
     rid, a0 = st.ring[slot, RING_ID], st.ring[slot, RING_A0]
     alive = st.ring_end[slot] >= k
-    s, o = wl.prompt[rid], wl.output[rid]
+    s, o = _lens(wl, rid)
     c, _, r = _lengths(s, o, chunk)
     p = k - a0
     freed = jnp.where(alive, _mem(p + 1, s, c, chunk), 0)  # held after this step's growth
@@ -439,7 +442,7 @@ def _preempt_window(st: _State, wl: Workload, params: SimParams, cfg: SimConfig)
     return st
 
 
-def _admit_window(st: _State, go, wl: Workload, params: SimParams, cfg: SimConfig):
+def _admit_window(st: _State, go, wl: _Req, params: SimParams, cfg: SimConfig):
     """Step 4 (FCFS) for up to ``admit_window`` queue-head candidates at once.
 
     Candidates in queue order: the preempted stack from its top, then the fresh requests
@@ -459,7 +462,7 @@ def _admit_window(st: _State, go, wl: Workload, params: SimParams, cfg: SimConfi
     exists = go & (from_stack | fresh_ok)
     cid = jnp.maximum(jnp.where(from_stack, srow[:, 0], fresh_id), 0)
     cpos = jnp.where(from_stack, srow[:, 1], 0)
-    s, o = wl.prompt[cid], wl.output[cid]
+    s, o = _lens(wl, cid)
     c = _ceil_div(s, chunk)
     if cfg.admission == "current":
         need = _mem(cpos + 1, s, c, chunk)
@@ -490,7 +493,7 @@ def _admit_window(st: _State, go, wl: Workload, params: SimParams, cfg: SimConfi
     return st, go & (n_adm == A)
 
 
-def _candidate(st: _State, wl: Workload, cfg: SimConfig):
+def _candidate(st: _State, wl: _Req, cfg: SimConfig):
     """Step 4: the order policy's next candidate (id, saved position)."""
     from_stack = st.top > 0
     sid, spos = st.stack[jnp.maximum(st.top - 1, 0)]
@@ -501,7 +504,7 @@ def _candidate(st: _State, wl: Workload, cfg: SimConfig):
         widx = jnp.int32(0)
     else:
         # smallest prompt, ties to the earliest id (= earliest queue position)
-        sw = jnp.where(valid, wl.prompt[jnp.maximum(wid, 0)], big)
+        sw = jnp.where(valid, wl.so[jnp.maximum(wid, 0), 0], big)
         widx = jnp.argmin(jnp.where(sw == jnp.min(sw), wid, big)).astype(jnp.int32)
     cid = jnp.where(from_stack, sid, wid[widx])
     cpos = jnp.where(from_stack, spos, 0)
@@ -509,12 +512,12 @@ def _candidate(st: _State, wl: Workload, cfg: SimConfig):
     return exists, from_stack, widx, jnp.maximum(cid, 0), cpos
 
 
-def _admit_iter(st: _State, go, wl: Workload, params: SimParams, cfg: SimConfig):
+def _admit_iter(st: _State, go, wl: _Req, params: SimParams, cfg: SimConfig):
     """Step 4, one iteration: admit the candidate if it fits (and ``go``); return admitted."""
     chunk = cfg.chunk_tokens
     K = cfg.max_running
     exists, from_stack, widx, cid, cpos = _candidate(st, wl, cfg)
-    s, o = wl.prompt[cid], wl.output[cid]
+    s, o = _lens(wl, cid)
     c = _ceil_div(s, chunk)
     if cfg.admission == "current":
         need = _mem(cpos + 1, s, c, chunk)
@@ -528,10 +531,10 @@ def _admit_iter(st: _State, go, wl: Workload, params: SimParams, cfg: SimConfig)
     return _admit(st, admit, cid, cpos, from_stack, widx, wl, cfg), admit
 
 
-def _finish(st: _State, xi, params: SimParams, cfg: SimConfig):
-    """Steps 5–7: execute, batch time, completions."""
+def _finish(st: _State, done, xi, params: SimParams, cfg: SimConfig):
+    """Steps 5–7: execute, batch time, completions (``done``: this step's calendar row of
+    completions, read by :func:`_batch_step`)."""
     M = params.kv_capacity_tokens
-    i = st.k & (cfg.cal_len - 1)
     prefill_tokens = cfg.chunk_tokens * st.nfull + st.once
     decode_tokens = st.ndec
     kv = st.used + prefill_tokens + decode_tokens
@@ -544,7 +547,7 @@ def _finish(st: _State, xi, params: SimParams, cfg: SimConfig):
     else:
         c0, cp, cd, ckv = (params.linear_coefs[j] for j in range(4))
         b = ((c0 + cp * prefill_tokens) + cd * decode_tokens) + ckv * kv
-    free, ncomp = st.cal_done[i, CAL_FREE], st.cal_done[i, CAL_NCOMP]
+    free, ncomp = done[CAL_FREE], done[CAL_NCOMP]
     # Kahan summation: a float32 running sum of a fixed b̄ would drift by ~0.3 % at t ~ 5000 s.
     y = b - st.t_comp
     t_next = st.t + y
@@ -554,7 +557,6 @@ def _finish(st: _State, xi, params: SimParams, cfg: SimConfig):
         peak_sum=st.peak_sum - free,
         n_running=st.n_running - ncomp,
         completed=st.completed + ncomp,
-        cal_rate=st.cal_rate.at[i].set(0),
         max_kv=jnp.maximum(st.max_kv, kv),
         flags=st.flags
         | jnp.where(over, FLAG_KV_OVER_M, 0)
@@ -574,7 +576,7 @@ def _waiting(st: _State):
     return st.top + jnp.sum(st.win_id >= 0, axis=-1) + (st.p_arr - st.p_adm)
 
 
-def _route(st: _State, stream: Workload, params: SimParams, cfg: SimConfig) -> _State:
+def _route(st: _State, stream: _Req, params: SimParams, cfg: SimConfig) -> _State:
     """Step 1 of every replica under a dynamic router (docs/semantics.md "Replicas and
     routing"), at batch level over the (traj, replica) rows.
 
@@ -584,7 +586,7 @@ def _route(st: _State, stream: Workload, params: SimParams, cfg: SimConfig) -> _
     of waiting requests. ``route_window`` arrivals per loop iteration, sequentially unrolled.
     """
     G, A, rb = cfg.num_replicas, cfg.route_window, cfg.replica_requests
-    n, total = stream.prompt.shape
+    n, total = stream.so.shape[:2]
     rows = n * G
     grid = lambda x: x.reshape(n, G)  # noqa: E731
     lam = grid(params.arrival_rate_per_s)[:, 0]
@@ -606,12 +608,12 @@ def _route(st: _State, stream: Workload, params: SimParams, cfg: SimConfig) -> _
         return jnp.any(c[2] < arrived)
 
     def body(c):
-        key, cnt, ptr, bs, bo, bsrc, full = c
+        key, cnt, ptr, bso, bsrc, full = c
         idx = ptr[:, None] + ahead
         due = idx < arrived[:, None]
         idx = jnp.minimum(idx, total - 1)
-        s = jnp.take_along_axis(stream.prompt, idx, axis=1)
-        o = jnp.take_along_axis(stream.output, idx, axis=1)
+        so = jnp.take_along_axis(stream.so, idx[:, :, None], axis=1)  # (n, A, 2)
+        s = so[:, :, 0]
         dst_rows, dst_cols = [], []
         for j in range(A):
             d = jnp.argmin(key, axis=1).astype(jnp.int32)  # first minimum: lowest index
@@ -624,22 +626,20 @@ def _route(st: _State, stream: Workload, params: SimParams, cfg: SimConfig) -> _
             dst_rows.append(_drop(due[:, j] & room, first_row + d, rows))
             dst_cols.append(pos)
         r_, c_ = jnp.stack(dst_rows, axis=1), jnp.stack(dst_cols, axis=1)
-        bs = bs.at[r_, c_].set(s, mode="drop")
-        bo = bo.at[r_, c_].set(o, mode="drop")
+        bso = bso.at[r_, c_].set(so, mode="drop")
         bsrc = bsrc.at[r_, c_].set(idx, mode="drop")
         ptr = ptr + jnp.sum(due, axis=1, dtype=jnp.int32)
-        return key, cnt, ptr, bs, bo, bsrc, full
+        return key, cnt, ptr, bso, bsrc, full
 
     init = (
         key0,
         grid(st.p_arr),
         grid(st.r_ptr)[:, 0],
-        st.buf_s,
-        st.buf_o,
+        st.buf_so,
         st.buf_src,
         jnp.zeros(n, jnp.bool_),
     )
-    key, cnt, ptr, bs, bo, bsrc, full = jax.lax.while_loop(cond, body, init)
+    key, cnt, ptr, bso, bsrc, full = jax.lax.while_loop(cond, body, init)
     flag = jnp.where(full, FLAG_REPLICA_FULL, 0)
     if not cfg.stream_ends:  # the clock passed the stream's last buffered arrival
         last = stream.arrival_epoch[:, total - 1] / lam
@@ -649,15 +649,14 @@ def _route(st: _State, stream: Workload, params: SimParams, cfg: SimConfig) -> _
     return st._replace(
         p_arr=cnt.reshape(rows),
         r_ptr=per_row(ptr),
-        buf_s=bs,
-        buf_o=bo,
+        buf_so=bso,
         buf_src=bsrc,
         wait_tok=wait_tok,
         flags=st.flags | per_row(flag),
     )
 
 
-def _batch_step(st: _State, xi, wl: Workload, params: SimParams, cfg: SimConfig):
+def _batch_step(st: _State, xi, wl: _Req, params: SimParams, cfg: SimConfig):
     """One batch iteration of every trajectory (docs/semantics.md steps 1–7).
 
     The per-trajectory pieces are vmapped; the preemption and admission loops run at the batch
@@ -670,10 +669,27 @@ def _batch_step(st: _State, xi, wl: Workload, params: SimParams, cfg: SimConfig)
         # Route, then read each replica's own buffer. The buffers stay out of the loops'
         # carries: the loops only read them.
         st = _route(st, wl, params, cfg)
-        bufs = (st.buf_s, st.buf_o, st.buf_src)
-        wl = Workload(None, st.buf_s, st.buf_o)
-        st = st._replace(buf_s=None, buf_o=None, buf_src=None)
-    st = vm(lambda s, w, p: _begin(s, w, p, cfg), 0, 0, 0)(st, wl, params)
+        bufs = (st.buf_so, st.buf_src)
+        wl = _Req(None, st.buf_so)
+        st = st._replace(buf_so=None, buf_src=None)
+    # Every trajectory is at the same step k, so the calendar slot is one index for all:
+    # a dynamic slice across the batch, not a per-trajectory gather or scatter.
+    # Read step k's rates now and clear them after the loops: clearing before them makes XLA
+    # copy the whole calendar every step. Nothing writes this slot in between (every event
+    # recorded there lies strictly after step k). Completions of step k-1 were read at its
+    # end; clear them here, where no read of that array precedes the write (again to keep
+    # the update in place). No event lands in that slot meanwhile: lifetimes are shorter
+    # than the calendar.
+    L = cfg.cal_len
+    k0 = st.k[0]
+    i, prev = k0 & (L - 1), (k0 - 1) & (L - 1)
+    row = jax.lax.dynamic_index_in_dim(st.cal_rate, i, axis=1, keepdims=False)
+    st = st._replace(
+        cal_done=jax.lax.dynamic_update_index_in_dim(
+            st.cal_done, jnp.zeros_like(st.cal_done[:, 0]), prev, axis=1
+        )
+    )
+    st = vm(lambda s, r, w, p: _begin(s, r, w, p, cfg), 0, 0, 0, 0)(st, row, wl, params)
 
     def pre_cond(c):
         s, n = c
@@ -711,9 +727,17 @@ def _batch_step(st: _State, xi, wl: Workload, params: SimParams, cfg: SimConfig)
     hit = (n_pre >= cfg.max_loop) | (n_adm >= cfg.max_loop)
     st = st._replace(flags=st.flags | jnp.where(hit & still, FLAG_LOOP_LIMIT, 0))
     xi_axis = None if xi is None else 0
-    st, out = vm(lambda s, x, p: _finish(s, x, p, cfg), 0, xi_axis, 0)(st, xi, params)
+    done = jax.lax.dynamic_index_in_dim(st.cal_done, i, axis=1, keepdims=False)
+    st, out = vm(lambda s, d, x, p: _finish(s, d, x, p, cfg), 0, 0, xi_axis, 0)(
+        st, done, xi, params
+    )
+    st = st._replace(
+        cal_rate=jax.lax.dynamic_update_index_in_dim(
+            st.cal_rate, jnp.zeros_like(row), i, axis=1
+        )
+    )
     if bufs is not None:
-        st = st._replace(buf_s=bufs[0], buf_o=bufs[1], buf_src=bufs[2])
+        st = st._replace(buf_so=bufs[0], buf_src=bufs[1])
     return st, out
 
 
@@ -757,12 +781,12 @@ def _life_events(do, a0, pos, s, o, cfg: SimConfig, sign):
     return _drop(live, rows, cfg.cal_len), deltas, done_row, done_delta
 
 
-def _enter(st: _State, admit, cid, cpos, slot, wl: Workload, cfg: SimConfig) -> _State:
+def _enter(st: _State, admit, cid, cpos, slot, wl: _Req, cfg: SimConfig) -> _State:
     """Requests ``cid`` (a vector) enter the batch at saved positions ``cpos`` in ring slots
     ``slot``, where ``admit``: their futures go into the calendar, their footprint and this
     step's growth into the counters, their ids into the ring (docs/semantics.md step 4)."""
     chunk, K, k = cfg.chunk_tokens, cfg.max_running, st.k
-    s, o = wl.prompt[cid], wl.output[cid]
+    s, o = _lens(wl, cid)
     c, life, r = _lengths(s, o, chunk)
     a0 = k - cpos
     end = a0 + life - 1  # completion step
@@ -794,7 +818,7 @@ def _enter(st: _State, admit, cid, cpos, slot, wl: Workload, cfg: SimConfig) -> 
     return st
 
 
-def _admit(st: _State, do, rid, pos, from_stack, widx, wl: Workload, cfg: SimConfig) -> _State:
+def _admit(st: _State, do, rid, pos, from_stack, widx, wl: _Req, cfg: SimConfig) -> _State:
     """If ``do``: admit one request (the ``spf`` path) and pop it from the queue: the stack
     top, or window slot ``widx``, which is refilled from the arrivals."""
     st = _enter(st, do[None], rid[None], pos[None], (st.tail % cfg.max_running)[None], wl, cfg)
@@ -913,6 +937,7 @@ TRACE_COUNT = [0]  # times the rollout was traced (compiled); tests check sweeps
 
 def _batch_rollout_impl(wl, params, xi, st0, cfg):
     TRACE_COUNT[0] += 1
+    req = _Req(wl.arrival_epoch, jnp.stack([wl.prompt, wl.output], axis=-1))
     n = st0.k.shape[0]  # rows: trajectories, or (traj, replica) under a dynamic router
     nb = cfg.num_steps // cfg.block_steps
     xs = None if xi is None else jnp.swapaxes(xi, 0, 1).reshape(nb, cfg.block_steps, n)
@@ -920,7 +945,7 @@ def _batch_rollout_impl(wl, params, xi, st0, cfg):
 
     def one_step(carry, x):
         st, acc_kv, acc_q, acc_run, mx, _ = carry
-        st, out = _batch_step(st, x, wl, params, cfg)
+        st, out = _batch_step(st, x, req, params, cfg)
         carry = (
             st,
             acc_kv + out.kv_tokens.astype(f32),
