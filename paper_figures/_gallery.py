@@ -21,6 +21,7 @@ GALLERY = [
     "fig3_trace_lengths",
     "fig8_trimming",
     "fig9_stability_map",
+    "fig10_routers",
 ]
 MAX_WIDTH = 1000
 MAX_BYTES = 120_000

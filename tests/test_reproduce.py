@@ -27,6 +27,7 @@ FIGURES = [
     "fig7_batch_time_heavy_tail",
     "fig8_trimming",
     "fig9_stability_map",
+    "fig10_routers",
 ]
 TABLES = ["table1", "table2_trace", "table3_replicas", "table4_heavy_tail"]
 EXPERIMENTS = [
@@ -40,6 +41,7 @@ EXPERIMENTS = [
     "fig3_trace_lengths",
     "batch_time_figs",
     "stability_map",
+    "routers",
 ]
 
 
@@ -114,6 +116,22 @@ def test_table1_mu_sim_within_3_percent_of_mu_theory(quick_run):
     # kvstab's closed form with the paper's g reproduces the paper's mu_theory (3 decimals)
     for name in ("1:1", "2:1", "1:2"):
         assert abs(rows[name]["mu_theory_paper_form"] - rows[name]["paper_mu_theory"]) < 6e-4
+
+
+def test_state_aware_routers_queue_less_than_round_robin(quick_run):
+    tmp, _ = quick_run
+    r = json.loads((tmp / "results" / "routers.json").read_text())
+    series = r["data"]["series"]
+    assert r["data"]["flags"] == []
+    for i, row in enumerate(series["round_robin"]):
+        if row["load"] < 0.9:
+            continue  # at light load every router keeps the queue near zero
+        rr = row["mean_queue"]
+        assert series["jsq"][i]["mean_queue"] < rr, (row["load"], series["jsq"][i], rr)
+        assert series["least_kv"][i]["mean_queue"] < rr, (row["load"], series["least_kv"][i], rr)
+        for router in series:  # every router carries the load
+            thr = series[router][i]["throughput_per_s"]
+            assert abs(thr / row["rate_per_s"] - 1) < 0.05, (router, row["load"], thr)
 
 
 def test_finished_experiments_are_not_rerun(quick_run):
