@@ -356,12 +356,19 @@ def _begin(st: _State, row, wl: _Req, params: SimParams, cfg: SimConfig) -> _Sta
     if cfg.saturated:
         p_arr = jnp.int32(R)
     else:
-        arrival_s = wl.arrival_epoch / params.arrival_rate_per_s
-        p_arr = jnp.searchsorted(arrival_s, st.t, side="right", method="scan_unrolled")
+        p_arr, exhausted = _arrivals(wl.arrival_epoch, params.arrival_rate_per_s, st.t)
         if not cfg.stream_ends:
-            exhausted = st.t > arrival_s[R - 1]
             st = st._replace(flags=st.flags | jnp.where(exhausted, FLAG_ARRIVALS_EXHAUSTED, 0))
-    return _refill_window(st._replace(p_arr=p_arr.astype(jnp.int32)))
+    return _refill_window(st._replace(p_arr=p_arr))
+
+
+def _arrivals(epoch, lam, t):
+    """Requests of one buffer arrived by clock t (arrival = epoch / λ <= t), and whether t
+    has passed its last arrival. The one definition for every path, evaluated once per step:
+    re-evaluating epoch / λ <= t elsewhere could round differently in another fusion."""
+    arrival_s = epoch / lam
+    count = jnp.searchsorted(arrival_s, t, side="right", method="scan_unrolled")
+    return count.astype(jnp.int32), t > arrival_s[-1]
 
 
 def _overflowing(st: _State, params: SimParams, cfg: SimConfig):
@@ -600,9 +607,7 @@ def _route(st: _State, stream: _Req, params: SimParams, cfg: SimConfig) -> _Stat
     ahead = jnp.arange(A, dtype=jnp.int32)[None, :]
     # How many requests have arrived, decided once per step: re-evaluating epoch/λ <= t
     # inside the loop could round differently in another fusion and never terminate.
-    arrived = jax.vmap(
-        lambda e, l_, t_: jnp.searchsorted(e / l_, t_, side="right", method="scan_unrolled")
-    )(stream.arrival_epoch, lam, t).astype(jnp.int32)
+    arrived, exhausted = jax.vmap(_arrivals)(stream.arrival_epoch, lam, t)
 
     def cond(c):
         return jnp.any(c[2] < arrived)
@@ -642,8 +647,7 @@ def _route(st: _State, stream: _Req, params: SimParams, cfg: SimConfig) -> _Stat
     key, cnt, ptr, bso, bsrc, full = jax.lax.while_loop(cond, body, init)
     flag = jnp.where(full, FLAG_REPLICA_FULL, 0)
     if not cfg.stream_ends:  # the clock passed the stream's last buffered arrival
-        last = stream.arrival_epoch[:, total - 1] / lam
-        flag = flag | jnp.where(t > last, FLAG_ARRIVALS_EXHAUSTED, 0)
+        flag = flag | jnp.where(exhausted, FLAG_ARRIVALS_EXHAUSTED, 0)
     per_row = lambda x: jnp.repeat(x, G)  # noqa: E731
     wait_tok = st.wait_tok + (key - key0).reshape(rows) if cfg.router == "least_kv" else st.wait_tok
     return st._replace(
@@ -732,9 +736,7 @@ def _batch_step(st: _State, xi, wl: _Req, params: SimParams, cfg: SimConfig):
         st, done, xi, params
     )
     st = st._replace(
-        cal_rate=jax.lax.dynamic_update_index_in_dim(
-            st.cal_rate, jnp.zeros_like(row), i, axis=1
-        )
+        cal_rate=jax.lax.dynamic_update_index_in_dim(st.cal_rate, jnp.zeros_like(row), i, axis=1)
     )
     if bufs is not None:
         st = st._replace(buf_so=bufs[0], buf_src=bufs[1])
