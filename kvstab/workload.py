@@ -137,48 +137,30 @@ def split_stream(
         )
     n, total = stream.prompt.shape
     g = int(num_replicas)
-    if per_replica is None:
-        return _split_all(stream, g, router, key)
-    r = int(per_replica)
-    if router == "round_robin":
-        if total < r * g:
-            raise InputError(
-                "num_requests", f"the stream has {total} requests, fewer than {g} x {r}"
-            )
-        per = lambda x: x[:, : r * g].reshape(n, r, g).transpose(0, 2, 1).reshape(n * g, r)  # noqa: E731
-        return Workload(*(per(x) for x in stream))
-    rep = jax.random.randint(key, (n, total), 0, g)
-    order = jnp.argsort(rep * total + jnp.arange(total)[None, :], axis=1)
-    counts = jax.vmap(lambda x: jnp.bincount(x, length=g))(rep)
-    if int(jnp.min(counts)) < r:
-        raise InputError(
-            "num_requests", "random routing left a replica short of requests; raise num_requests"
-        )
-    starts = jnp.concatenate(
-        [jnp.zeros((n, 1), counts.dtype), jnp.cumsum(counts, axis=1)[:, :-1]], axis=1
-    )
-    idx = starts[:, :, None] + jnp.arange(r)[None, None, :]  # (n, g, r)
-    take = jnp.take_along_axis(order[:, None, :].repeat(g, 1), idx, axis=2)
-    pick = lambda x: jnp.take_along_axis(x[:, None, :].repeat(g, 1), take, axis=2).reshape(n * g, r)  # noqa: E731
-    return Workload(*(pick(x) for x in stream))
-
-
-def _split_all(stream: Workload, g: int, router: str, key) -> Workload:
-    """``split_stream`` keeping every request, padding shorter shares (never arriving)."""
-    n, total = stream.prompt.shape
     rep = (
         jnp.broadcast_to(jnp.arange(total) % g, (n, total))
         if router == "round_robin"
         else jax.random.randint(key, (n, total), 0, g)
     )
+    # stable partition of each trajectory's stream by replica: replica k's requests in order
     order = jnp.argsort(rep * total + jnp.arange(total)[None, :], axis=1)
     counts = jax.vmap(lambda x: jnp.bincount(x, length=g))(rep)
-    width = int(jnp.max(counts))
+    if per_replica is None:
+        width = int(jnp.max(counts))
+    else:
+        width = int(per_replica)
+        short = int(jnp.min(counts))
+        if short < width:
+            raise InputError(
+                "num_requests",
+                f"{router} routing left a replica {short} of the {width} requests it needs; "
+                "raise num_requests",
+            )
     starts = jnp.concatenate(
         [jnp.zeros((n, 1), counts.dtype), jnp.cumsum(counts, axis=1)[:, :-1]], axis=1
     )
     j = jnp.arange(width)[None, None, :]
-    real = j < counts[:, :, None]  # (n, g, width)
+    real = j < counts[:, :, None]  # (n, g, width); all True with per_replica
     idx = jnp.minimum(starts[:, :, None] + j, total - 1)
     take = jnp.take_along_axis(order[:, None, :].repeat(g, 1), idx, axis=2)
 
