@@ -76,7 +76,10 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
         wait = res.records["wait_s"].reshape(rates.size, -1)
         arrival = res.records["arrival_s"].reshape(rates.size, -1)
         t_warm = res.clock_s[:, w - 1][:, None] if w > 0 else np.zeros((rates.size, 1))
-        wait = np.where(arrival >= t_warm, wait, np.nan)
+        after_warmup = arrival >= t_warm  # nan arrivals (empty record slots) are excluded
+        # arrived after the warm-up but never admitted by the end: censored, counted apart
+        censored = after_warmup & np.isnan(wait)
+        wait = np.where(after_warmup, wait, np.nan)
         rows = []
         for i, f in enumerate(loads):
             sl = slice(i * n, (i + 1) * n)
@@ -96,7 +99,7 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
                     "wait_p90_s": float(np.quantile(done, 0.9)) if done.size else None,
                     "wait_p99_s": float(np.quantile(done, 0.99)) if done.size else None,
                     "num_waits": int(done.size),
-                    "not_admitted": int(np.sum(~np.isnan(pooled) & ~np.isfinite(pooled))),
+                    "not_admitted": int(censored[sl].sum()),
                 }
             )
         out[router] = rows

@@ -56,9 +56,11 @@ def draw(results: dict, out_dir) -> list:
         "band: 95 % CI",
         fontsize=8,
     )
+    censored = sum(row.get("not_admitted", 0) for rows in d["series"].values() for row in rows)
     ax_w.set_title(
         f"8μ = {d['mu_theory_cluster']:.2f} req/s; values and CI ends below {FLOOR_S:g} "
-        f"drawn at {FLOOR_S:g}",
+        f"drawn at {FLOOR_S:g};\nwaits of admitted requests ({censored} recorded requests "
+        "not admitted by the end are left out)",
         fontsize=8,
     )
     st.title(fig, TITLE)
