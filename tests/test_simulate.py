@@ -13,13 +13,13 @@ from kvstab import analytic, metrics
 from kvstab.errors import InputError
 from kvstab.laws import Constant, Independent, Uniform
 from kvstab.simulate import (
+    TRACE_COUNT,
     SimConfig,
     SimParams,
-    TRACE_COUNT,
     batch_rollout,
     simulate,
 )
-from kvstab.workload import Workload, sample_workload
+from kvstab.workload import sample_workload
 
 M, CHUNK = 131000, 512
 TABLE1 = {
