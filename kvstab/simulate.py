@@ -187,8 +187,10 @@ class SimParams(NamedTuple):
 
 # Column layouts of the packed arrays. Packing matters: on CPU a vmapped scatter costs
 # ~100 us per op at N=2048 whatever its size, so one row update beats five element updates.
-CAL_DFULL, CAL_DDEC, CAL_ONCE = range(3)  # columns of cal_rate
-CAL_FREE, CAL_NCOMP = range(2)  # columns of cal_done
+# Columns of the calendar row of step j, read at the end of step j: tokens freed and requests
+# completed by step j, and the next step's change of nfull, change of ndec, last-chunk
+# remainders.
+CAL_FREE, CAL_NCOMP, CAL_DFULL, CAL_DDEC, CAL_ONCE = range(5)
 RING_ID, RING_A0 = range(2)  # columns of ring
 REC_FIRST_ADMIT, REC_ADMIT, REC_TOK_FINAL, REC_TOK_LAST, REC_FINISH, REC_NPRE = range(6)
 
@@ -216,12 +218,10 @@ class _State(NamedTuple):
     ndec: jax.Array  # requests decoding this step
     once: jax.Array  # this step's last-chunk remainders
     peak_sum: jax.Array  # Σ (s+o) over running (reserve admission)
-    # Calendar by step mod L, split by when each part is read (a read and a write of the same
-    # array before the loops makes XLA copy it every step):
-    # (L, 3) read at the step's start: change of nfull, change of ndec, last-chunk remainders;
-    cal_rate: jax.Array
-    # (L, 2) read at its end: tokens freed by completions, number of completions.
-    cal_done: jax.Array
+    # (L, 5) calendar by step mod L (columns CAL_*), every row read at its step's end, after
+    # the loops that write it: one scatter per loop iteration, and no read before a write in
+    # the step (that would make XLA copy the whole array every step).
+    cal: jax.Array
     # (K, 2) running requests by admission sequence mod K: id, virtual start a0
     # (position p = k - a0).
     ring: jax.Array
@@ -282,7 +282,8 @@ class StepOut(NamedTuple):
 
 
 def _ceil_div(a, b):
-    return (a + b - 1) // b
+    """ceil(a / b) for a >= 0, b >= 1 (truncating division: no floor sign fix-ups)."""
+    return jax.lax.div(a + b - 1, jnp.asarray(b, jnp.result_type(a)))
 
 
 def _lengths(s, o, chunk):
@@ -309,8 +310,7 @@ def _init_state(cfg: SimConfig, num_requests: int) -> _State:
         ndec=z,
         once=z,
         peak_sum=z,
-        cal_rate=jnp.zeros((cfg.cal_len, 3), jnp.int32),
-        cal_done=jnp.zeros((cfg.cal_len, 2), jnp.int32),
+        cal=jnp.zeros((cfg.cal_len, 5), jnp.int32),
         ring=ring,
         ring_end=jnp.full((cfg.max_running,), -1, jnp.int32),
         tail=z,
@@ -342,15 +342,10 @@ def _growth(st: _State, chunk: int):
     return chunk * st.nfull + st.once + st.ndec
 
 
-def _begin(st: _State, row, wl: _Req, params: SimParams, cfg: SimConfig) -> _State:
-    """Apply step k's calendar row (read by :func:`_batch_step`); docs/semantics.md step 1
-    (arrivals)."""
+def _begin(st: _State, wl: _Req, params: SimParams, cfg: SimConfig) -> _State:
+    """docs/semantics.md step 1 (arrivals). The step's growth counters were set at the end of
+    the previous step, from its calendar row."""
     R = wl.so.shape[0]
-    st = st._replace(
-        nfull=st.nfull + row[CAL_DFULL],
-        ndec=st.ndec + row[CAL_DDEC],
-        once=row[CAL_ONCE],
-    )
     if cfg.dynamic:  # the router already appended this step's arrivals (st.p_arr)
         return _refill_window(st)
     if cfg.saturated:
@@ -377,12 +372,8 @@ def _overflowing(st: _State, params: SimParams, cfg: SimConfig):
 
 def _apply_life_events(st: _State, do, a0, pos, s, o, cfg: SimConfig, sign) -> _State:
     """Calendar updates of several requests at once (vectors over a window)."""
-    ev = jax.vmap(lambda d, a, p, ss, oo: _life_events(d, a, p, ss, oo, cfg, sign))
-    rows, deltas, done_row, done_delta = ev(do, a0, pos, s, o)
-    return st._replace(
-        cal_rate=st.cal_rate.at[rows.reshape(-1)].add(deltas.reshape(-1, 3), mode="drop"),
-        cal_done=st.cal_done.at[done_row].add(done_delta, mode="drop"),
-    )
+    rows, deltas = _life_events(do, a0, pos, s, o, cfg, sign)
+    return st._replace(cal=st.cal.at[rows.reshape(-1)].add(deltas.reshape(-1, 5), mode="drop"))
 
 
 def _preempt_window(st: _State, wl: _Req, params: SimParams, cfg: SimConfig) -> _State:
@@ -538,9 +529,9 @@ def _admit_iter(st: _State, go, wl: _Req, params: SimParams, cfg: SimConfig):
     return _admit(st, admit, cid, cpos, from_stack, widx, wl, cfg), admit
 
 
-def _finish(st: _State, done, xi, params: SimParams, cfg: SimConfig):
-    """Steps 5–7: execute, batch time, completions (``done``: this step's calendar row of
-    completions, read by :func:`_batch_step`)."""
+def _finish(st: _State, row, xi, params: SimParams, cfg: SimConfig):
+    """Steps 5–7: execute, batch time, completions (``row``: this step's calendar row, read by
+    :func:`_batch_step`), and the next step's growth counters."""
     M = params.kv_capacity_tokens
     prefill_tokens = cfg.chunk_tokens * st.nfull + st.once
     decode_tokens = st.ndec
@@ -554,7 +545,7 @@ def _finish(st: _State, done, xi, params: SimParams, cfg: SimConfig):
     else:
         c0, cp, cd, ckv = (params.linear_coefs[j] for j in range(4))
         b = ((c0 + cp * prefill_tokens) + cd * decode_tokens) + ckv * kv
-    free, ncomp = done[CAL_FREE], done[CAL_NCOMP]
+    free, ncomp = row[CAL_FREE], row[CAL_NCOMP]
     # Kahan summation: a float32 running sum of a fixed b̄ would drift by ~0.3 % at t ~ 5000 s.
     y = b - st.t_comp
     t_next = st.t + y
@@ -564,6 +555,9 @@ def _finish(st: _State, done, xi, params: SimParams, cfg: SimConfig):
         peak_sum=st.peak_sum - free,
         n_running=st.n_running - ncomp,
         completed=st.completed + ncomp,
+        nfull=st.nfull + row[CAL_DFULL],
+        ndec=st.ndec + row[CAL_DDEC],
+        once=row[CAL_ONCE],
         max_kv=jnp.maximum(st.max_kv, kv),
         flags=st.flags
         | jnp.where(over, FLAG_KV_OVER_M, 0)
@@ -678,22 +672,16 @@ def _batch_step(st: _State, xi, wl: _Req, params: SimParams, cfg: SimConfig):
         st = st._replace(buf_so=None, buf_src=None)
     # Every trajectory is at the same step k, so the calendar slot is one index for all:
     # a dynamic slice across the batch, not a per-trajectory gather or scatter.
-    # Read step k's rates now and clear them after the loops: clearing before them makes XLA
-    # copy the whole calendar every step. Nothing writes this slot in between (every event
-    # recorded there lies strictly after step k). Completions of step k-1 were read at its
-    # end; clear them here, where no read of that array precedes the write (again to keep
-    # the update in place). No event lands in that slot meanwhile: lifetimes are shorter
-    # than the calendar.
+    # Step k-1's row was read at its end; clear it here, before the loops write (a clear
+    # after them would follow a read and make XLA copy the calendar). No event lands in that
+    # slot meanwhile: lifetimes are shorter than the calendar.
     L = cfg.cal_len
     k0 = st.k[0]
     i, prev = k0 & (L - 1), (k0 - 1) & (L - 1)
-    row = jax.lax.dynamic_index_in_dim(st.cal_rate, i, axis=1, keepdims=False)
     st = st._replace(
-        cal_done=jax.lax.dynamic_update_index_in_dim(
-            st.cal_done, jnp.zeros_like(st.cal_done[:, 0]), prev, axis=1
-        )
+        cal=jax.lax.dynamic_update_index_in_dim(st.cal, jnp.zeros_like(st.cal[:, 0]), prev, axis=1)
     )
-    st = vm(lambda s, r, w, p: _begin(s, r, w, p, cfg), 0, 0, 0, 0)(st, row, wl, params)
+    st = vm(lambda s, w, p: _begin(s, w, p, cfg), 0, 0, 0)(st, wl, params)
 
     def pre_cond(c):
         s, n = c
@@ -731,12 +719,9 @@ def _batch_step(st: _State, xi, wl: _Req, params: SimParams, cfg: SimConfig):
     hit = (n_pre >= cfg.max_loop) | (n_adm >= cfg.max_loop)
     st = st._replace(flags=st.flags | jnp.where(hit & still, FLAG_LOOP_LIMIT, 0))
     xi_axis = None if xi is None else 0
-    done = jax.lax.dynamic_index_in_dim(st.cal_done, i, axis=1, keepdims=False)
-    st, out = vm(lambda s, d, x, p: _finish(s, d, x, p, cfg), 0, 0, xi_axis, 0)(
-        st, done, xi, params
-    )
-    st = st._replace(
-        cal_rate=jax.lax.dynamic_update_index_in_dim(st.cal_rate, jnp.zeros_like(row), i, axis=1)
+    row = jax.lax.dynamic_index_in_dim(st.cal, i, axis=1, keepdims=False)
+    st, out = vm(lambda s, r, x, p: _finish(s, r, x, p, cfg), 0, 0, xi_axis, 0)(
+        st, row, xi, params
     )
     if bufs is not None:
         st = st._replace(buf_so=bufs[0], buf_src=bufs[1])
@@ -761,26 +746,29 @@ def _drop(do, idx, size):
 
 
 def _life_events(do, a0, pos, s, o, cfg: SimConfig, sign):
-    """Calendar updates that a request entering at position ``pos`` adds (sign +1) or that
-    preempting it at position ``pos`` removes (sign -1): rows and deltas of ``cal_rate``
-    (3 rows) and of ``cal_done`` (1 row).
+    """Calendar rows and deltas (shapes (n, 3), (n, 3, 5)) that requests entering at
+    positions ``pos`` add (sign +1), or that preempting them at positions ``pos`` removes
+    (sign -1); vectors over a window, rows out of range where not applicable.
 
-    Entering in full-chunk prefill, its nfull contribution ends at step a0+C-1 where its
-    last-chunk remainder r is due; it starts decoding at a0+C (unless already decoding) and
-    stops after a0+C+o-1, the step whose end frees s+o.
+    Entering in full-chunk prefill, a request's nfull contribution ends after step a0+C-2
+    (its last-chunk remainder r is due in step a0+C-1); it decodes from step a0+C (unless
+    already decoding) and step a0+C+o-1 ends it, freeing s+o. Each row is read at the end of
+    its step and sets up the next one.
     """
     m = cfg.cal_len - 1
     c, life, r = _lengths(s, o, cfg.chunk_tokens)
-    end = a0 + life - 1
-    rows = jnp.stack([(a0 + c - 1) & m, (a0 + c) & m, (a0 + life) & m])
-    live = jnp.stack([do & (pos < c - 1), do & (pos < c), do])
+    rows = jnp.stack([(a0 + c - 2) & m, (a0 + c - 1) & m, (a0 + life - 1) & m], axis=-1)
+    live = jnp.stack([do & (pos < c - 1), do & (pos < c), do], axis=-1)
     z, one = jnp.zeros_like(s), jnp.ones_like(s)
     deltas = sign * jnp.stack(
-        [jnp.stack([-one, z, r]), jnp.stack([z, one, z]), jnp.stack([z, -one, z])]
+        [
+            jnp.stack([z, z, -one, z, r], axis=-1),
+            jnp.stack([z, z, z, one, z], axis=-1),
+            jnp.stack([s + o, one, z, -one, z], axis=-1),
+        ],
+        axis=-2,
     )
-    done_row = _drop(do, end & m, cfg.cal_len)
-    done_delta = sign * jnp.stack([s + o, one])
-    return _drop(live, rows, cfg.cal_len), deltas, done_row, done_delta
+    return _drop(live, rows, cfg.cal_len), deltas
 
 
 def _enter(st: _State, admit, cid, cpos, slot, wl: _Req, cfg: SimConfig) -> _State:
