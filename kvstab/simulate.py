@@ -82,6 +82,9 @@ class SimConfig:
         cal_len: calendar ring length (power of two > longest lifetime).
         num_records: per-request records are kept for request ids < num_records.
         max_loop: cap on preemption + admission iterations in one step.
+        compact_rows: once at most this many trajectories still need a preemption or
+            admission iteration in a step, iterations run over just those (0: automatic,
+            about 1/16 of the batch). A pure speed knob, like the windows below.
         record_steps: also emit per-step arrays (KV, queue, batch time, ...) of shape (traj, T).
         preempt_window, admit_window: preemptions / FCFS admissions handled per loop iteration
             (prefix sums over that many ring entries / queue-head candidates). Pure speed
@@ -110,6 +113,7 @@ class SimConfig:
     cal_len: int = 4096
     num_records: int = 0
     max_loop: int = 1 << 20
+    compact_rows: int = 0
     record_steps: bool = False
     preempt_window: int = 4
     admit_window: int = 4
@@ -141,6 +145,7 @@ class SimConfig:
         if self.cal_len & (self.cal_len - 1):
             raise InputError("cal_len", f"must be a power of two, got {self.cal_len}")
         check_number("num_records", self.num_records, low=0, integer=True)
+        check_number("compact_rows", self.compact_rows, low=0, integer=True)
         if self.router not in ("none",) + DYNAMIC_ROUTERS:
             raise InputError(
                 "router", f"must be none, {', '.join(DYNAMIC_ROUTERS)}, got {self.router!r}"
@@ -201,12 +206,6 @@ class _Req(NamedTuple):
 
     arrival_epoch: Any  # (req,) float32 (None where not needed)
     so: jax.Array  # (req, 2) int32: prompt s, output o
-
-
-def _lens(req: _Req, idx):
-    """(s, o) of the requests ``idx``."""
-    row = req.so[idx]
-    return row[..., 0], row[..., 1]
 
 
 class _State(NamedTuple):
@@ -366,167 +365,362 @@ def _arrivals(epoch, lam, t):
     return count.astype(jnp.int32), t > arrival_s[-1]
 
 
-def _overflowing(st: _State, params: SimParams, cfg: SimConfig):
-    return st.used + _growth(st, cfg.chunk_tokens) > params.kv_capacity_tokens
+def _overflowing(st, cfg: SimConfig):
+    """The step overflows M (``st``: a :class:`_State` with ``cap`` = M, or a :class:`_Sc`)."""
+    return st.used + _growth(st, cfg.chunk_tokens) > st.cap
 
 
-def _apply_life_events(st: _State, do, a0, pos, s, o, cfg: SimConfig, sign) -> _State:
-    """Calendar updates of several requests at once (vectors over a window)."""
-    rows, deltas = _life_events(do, a0, pos, s, o, cfg, sign)
-    return st._replace(cal=st.cal.at[rows.reshape(-1)].add(deltas.reshape(-1, 5), mode="drop"))
+# ---------------------------------------------------------------------------------------------
+# Steps 3 and 4: the preemption and admission loops.
+#
+# Both loops run at batch level. A trajectory's loop state is one packed int32 row of scalars
+# (:class:`_Sc`); its arrays (calendar, ring, stack, records: :class:`_Big`) stay at batch level:
+# a loop body reads them at (trajectory, index) and returns its writes (:class:`_Writes`), which
+# the driver scatters. So an iteration can run over the whole batch, or, once few trajectories
+# still need one, over a compacted list of just those (:func:`_loop`): most steps need one or
+# two iterations in nearly every trajectory and a few more in a handful.
 
 
-def _preempt_window(st: _State, wl: _Req, params: SimParams, cfg: SimConfig) -> _State:
+class _Sc(NamedTuple):
+    """One trajectory's scalars in the loops (fields as in :class:`_State`; ``cap`` = M)."""
+
+    used: Any
+    nfull: Any
+    ndec: Any
+    once: Any
+    peak_sum: Any
+    tail: Any
+    n_running: Any
+    top: Any
+    p_adm: Any
+    p_arr: Any
+    preempted: Any
+    flags: Any
+    wait_tok: Any  # 0 unless a dynamic router keeps it
+    k: Any
+    cap: Any
+    win_id: Any  # (W,)
+
+
+_SC_SCALARS = _Sc._fields[:-1]
+
+
+def _pack(st: _State, cap) -> jax.Array:
+    """(rows, F) int32: every row's :class:`_Sc`, packed."""
+    zero = jnp.zeros_like(st.used)
+    cols = [
+        cap if f == "cap" else (zero if getattr(st, f) is None else getattr(st, f))
+        for f in _SC_SCALARS
+    ]
+    return jnp.concatenate([jnp.stack(cols, axis=1), st.win_id], axis=1)
+
+
+def _sc(row) -> _Sc:
+    n = len(_SC_SCALARS)
+    return _Sc(*(row[j] for j in range(n)), row[n:])
+
+
+def _sc_row(sc: _Sc):
+    return jnp.concatenate([jnp.stack(sc[:-1]), sc.win_id])
+
+
+def _unpack(st: _State, packed) -> _State:
+    n = len(_SC_SCALARS)
+    upd = {f: packed[:, j] for j, f in enumerate(_SC_SCALARS) if f not in ("cap", "k")}
+    if st.wait_tok is None:
+        del upd["wait_tok"]
+    return st._replace(win_id=packed[:, n:], **upd)
+
+
+class _Big(NamedTuple):
+    """The arrays the loops read and write, batch level (rows, ...)."""
+
+    cal: jax.Array
+    ring: jax.Array
+    ring_end: jax.Array
+    stack: jax.Array
+    rec: jax.Array
+
+
+class _Writes(NamedTuple):
+    """A loop body's writes to :class:`_Big`: (index, value) pairs over a window, index out of
+    range where nothing is written; None where the body writes nothing. ``cal`` is added,
+    the others set."""
+
+    cal: Any = None
+    ring: Any = None
+    ring_end: Any = None
+    stack: Any = None
+    rec: Any = None
+
+
+class _Ctx(NamedTuple):
+    """What a loop body reads besides its scalars: the batch arrays, the request buffers
+    (rows, req, 2), and its own row index ``tid`` (the only per-trajectory field)."""
+
+    big: _Big
+    so: jax.Array
+    tid: Any
+
+    def lens(self, idx):
+        """(s, o) of this trajectory's requests ``idx``."""
+        row = self.so[self.tid, idx]
+        return row[..., 0], row[..., 1]
+
+
+def _apply_writes(big: _Big, tid, w: _Writes) -> _Big:
+    """Scatter the bodies' writes (leading dim: the rows ``tid`` ran; ``tid`` = rows means
+    none) into the batch arrays."""
+    rows = big.cal.shape[0]
+
+    def put(arr, item, add):
+        if item is None:
+            return arr
+        idx, val = item
+        size = arr.shape[1]
+        t = tid.reshape((-1,) + (1,) * (idx.ndim - 1))
+        val = val.reshape(idx.shape + arr.shape[2:])
+        if rows * size < 2**31:  # one flat index: cheaper on CPU than a (row, index) pair
+            flat = jnp.where((idx < size) & (t < rows), t * size + idx, rows * size)
+            a = arr.reshape((rows * size,) + arr.shape[2:])
+            a = a.at[flat].add(val, mode="drop") if add else a.at[flat].set(val, mode="drop")
+            return a.reshape(arr.shape)
+        t = jnp.broadcast_to(t, idx.shape)
+        return arr.at[t, idx].add(val, mode="drop") if add else arr.at[t, idx].set(val, mode="drop")
+
+    return _Big(
+        put(big.cal, w.cal, True),
+        put(big.ring, w.ring, False),
+        put(big.ring_end, w.ring_end, False),
+        put(big.stack, w.stack, False),
+        put(big.rec, w.rec, False),
+    )
+
+
+def compact_rows(cfg: SimConfig, rows: int) -> int:
+    """How many trajectories a compacted loop iteration runs (``rows`` = no compaction)."""
+    if cfg.compact_rows:
+        return min(cfg.compact_rows, rows)
+    cap = -(-rows // 16 // 8) * 8
+    return rows if 4 * cap > rows else cap
+
+
+def _first_active(go, cap: int):
+    """Indices of the first ``cap`` True entries of ``go``, padded with len(go). A
+    logarithmic prefix sum: XLA:CPU lowers cumsum over a long axis to quadratic work."""
+    n = go.shape[0]
+    rank = jax.lax.associative_scan(jnp.add, go.astype(jnp.int32)) - 1
+    out = jnp.full((cap,), n, jnp.int32)
+    return out.at[jnp.where(go, rank, cap)].set(jnp.arange(n, dtype=jnp.int32), mode="drop")
+
+
+def _loop(body, sc, go, big: _Big, so, cfg: SimConfig):
+    """Run ``body`` (one window of one trajectory: (sc, go, ctx) -> (sc, go, writes)) until no
+    row has ``go``: over the whole batch while more than :func:`compact_rows` rows do, then
+    over compacted lists of them. Rows without ``go`` are untouched, so both kinds of
+    iteration give the same results. Returns (sc, go, big, iterations)."""
+    rows = sc.shape[0]
+    cap = compact_rows(cfg, rows)
+    ctx_axes = _Ctx(None, None, 0)
+
+    def run(packed, g, tid, big):
+        return jax.vmap(lambda r, g_, x: _wrap(body, r, g_, x), in_axes=(0, 0, ctx_axes))(
+            packed, g, _Ctx(big, so, tid)
+        )
+
+    def full(c):
+        sc, go, big, n = c
+        tid = jnp.arange(rows, dtype=jnp.int32)
+        sc, go, w = run(sc, go, tid, big)
+        return sc, go, _apply_writes(big, tid, w), n + 1
+
+    def compacted(c):
+        sc, go, big, n = c
+        tid = _first_active(go, cap)
+        t = jnp.minimum(tid, rows - 1)
+        new, g, w = run(sc[t], go[t] & (tid < rows), t, big)
+        sc = sc.at[tid].set(new, mode="drop")
+        go = go.at[tid].set(g, mode="drop")
+        return sc, go, _apply_writes(big, tid, w), n + 1
+
+    c = (sc, go, big, jnp.int32(0))
+    many = cap if cap < rows else 0  # run the whole batch while more than this many need it
+    c = jax.lax.while_loop(lambda c: (jnp.sum(c[1]) > many) & (c[3] < cfg.max_loop), full, c)
+    if cap < rows:
+        c = jax.lax.while_loop(lambda c: jnp.any(c[1]) & (c[3] < cfg.max_loop), compacted, c)
+    return c
+
+
+def _wrap(body, row, go, x: _Ctx):
+    sc, go, w = body(_sc(row), go, x)
+    return _sc_row(sc), go, w
+
+
+def _preempt_window(sc: _Sc, go, x: _Ctx, cfg: SimConfig):
     """Step 3 for up to ``preempt_window`` tail entries at once.
 
     Walking from the newest ring entry down, an entry is consumed while the step still
     overflows before reaching it (exclusive prefix sum of the memory the alive ones free,
     after this step's growth); consumed alive entries are preempted, consumed completed ones
-    trimmed. Identical to one-at-a-time (docs/semantics.md step 3).
+    trimmed. Identical to one-at-a-time (docs/semantics.md step 3). Returns the scalars,
+    whether the step still overflows, and the writes.
     """
     P, K, S, chunk, k = (
         cfg.preempt_window,
         cfg.max_running,
         cfg.max_preempted,
         cfg.chunk_tokens,
-        st.k,
+        sc.k,
     )
-    excess = st.used + _growth(st, chunk) - params.kv_capacity_tokens
+    excess = sc.used + _growth(sc, chunk) - sc.cap
     j = jnp.arange(P, dtype=jnp.int32)
-    slot = (st.tail - 1 - j) % K
-    rid, a0 = st.ring[slot, RING_ID], st.ring[slot, RING_A0]
-    alive = st.ring_end[slot] >= k
-    s, o = _lens(wl, rid)
+    slot = (sc.tail - 1 - j) % K
+    ent = x.big.ring[x.tid, slot]
+    rid, a0 = ent[:, RING_ID], ent[:, RING_A0]
+    alive = x.big.ring_end[x.tid, slot] >= k
+    s, o = x.lens(rid)
     c, _, r = _lengths(s, o, chunk)
     p = k - a0
     freed = jnp.where(alive, _mem(p + 1, s, c, chunk), 0)  # held after this step's growth
     before = jnp.cumsum(freed) - freed
-    consumed = (excess > 0) & (before < excess)
+    consumed = go & (excess > 0) & (before < excess)
     victim = consumed & alive
     vi = victim.astype(jnp.int32)
     n_vict = jnp.sum(vi)
     rank = jnp.cumsum(vi) - vi
-    pos_stack = st.top + rank
+    pos_stack = sc.top + rank
     fits = pos_stack < S
-    push = _drop(victim & fits, pos_stack, S)
     saved = p if cfg.overflow == "swap" else jnp.zeros_like(p)
-    st = _apply_life_events(st, victim, a0, p, s, o, cfg, -1)
-    st = st._replace(
-        used=st.used - jnp.sum(vi * _mem(p, s, c, chunk)),
-        nfull=st.nfull - jnp.sum(vi * (p < c - 1)),
-        once=st.once - jnp.sum(vi * jnp.where(p == c - 1, r, 0)),
-        ndec=st.ndec - jnp.sum(vi * (p >= c)),
-        peak_sum=st.peak_sum - jnp.sum(vi * (s + o)),
-        ring_end=st.ring_end.at[_drop(victim, slot, K)].set(-1, mode="drop"),
-        n_running=st.n_running - n_vict,
-        stack=st.stack.at[push].set(jnp.stack([rid, saved], axis=-1), mode="drop"),
-        top=jnp.minimum(st.top + n_vict, S),
-        preempted=st.preempted + n_vict,
-        wait_tok=st.wait_tok + jnp.sum(vi * s) if cfg.router == "least_kv" else st.wait_tok,
-        flags=st.flags | jnp.where(jnp.any(victim & ~fits), FLAG_STACK_FULL, 0),
-        tail=st.tail - jnp.sum(consumed.astype(jnp.int32)),
+    w = _Writes(
+        cal=_life_events(victim, a0, p, s, o, cfg, -1),
+        ring_end=(_drop(victim, slot, K), jnp.full_like(slot, -1)),
+        stack=(_drop(victim & fits, pos_stack, S), jnp.stack([rid, saved], axis=-1)),
+    )
+    sc = sc._replace(
+        used=sc.used - jnp.sum(vi * _mem(p, s, c, chunk)),
+        nfull=sc.nfull - jnp.sum(vi * (p < c - 1)),
+        once=sc.once - jnp.sum(vi * jnp.where(p == c - 1, r, 0)),
+        ndec=sc.ndec - jnp.sum(vi * (p >= c)),
+        peak_sum=sc.peak_sum - jnp.sum(vi * (s + o)),
+        n_running=sc.n_running - n_vict,
+        top=jnp.minimum(sc.top + n_vict, S),
+        preempted=sc.preempted + n_vict,
+        wait_tok=sc.wait_tok + jnp.sum(vi * s) if cfg.router == "least_kv" else sc.wait_tok,
+        flags=sc.flags | jnp.where(jnp.any(victim & ~fits), FLAG_STACK_FULL, 0),
+        tail=sc.tail - jnp.sum(consumed.astype(jnp.int32)),
     )
     if cfg.num_records:
-        nrec = st.rec.shape[0]
+        nrec = x.big.rec.shape[1]
         ri = _drop(victim & (rid < cfg.num_records), rid, nrec)
-        old = st.rec[jnp.minimum(ri, nrec - 1)]
+        old = x.big.rec[x.tid, jnp.minimum(ri, nrec - 1)]
         tok_final = jnp.where((p > c) & (old[:, REC_TOK_FINAL] < 0), a0 + c, old[:, REC_TOK_FINAL])
         neg = -jnp.ones_like(p)
         new = jnp.stack(
             [old[:, REC_FIRST_ADMIT], old[:, REC_ADMIT], tok_final, neg, neg, old[:, REC_NPRE] + 1],
             axis=-1,
         )
-        st = st._replace(rec=st.rec.at[ri].set(new, mode="drop"))
-    return st
+        w = w._replace(rec=(ri, new))
+    return sc, go & _overflowing(sc, cfg), w
 
 
-def _admit_window(st: _State, go, wl: _Req, params: SimParams, cfg: SimConfig):
+def _admit_window(sc: _Sc, go, x: _Ctx, cfg: SimConfig):
     """Step 4 (FCFS) for up to ``admit_window`` queue-head candidates at once.
 
     Candidates in queue order: the preempted stack from its top, then the fresh requests
     (window slot, then the arrival buffer). The admitted ones are the longest prefix whose
     cumulative need fits (needs are positive, so this is FCFS with head-of-line blocking)
-    and finds free ring slots. Returns the state and whether all candidates were admitted
-    (then the next iteration looks further).
+    and finds free ring slots. Returns the scalars, whether all candidates were admitted
+    (then the next iteration looks further), and the writes.
     """
-    A, K, chunk, k = cfg.admit_window, cfg.max_running, cfg.chunk_tokens, st.k
+    A, K, chunk, k = cfg.admit_window, cfg.max_running, cfg.chunk_tokens, sc.k
     j = jnp.arange(A, dtype=jnp.int32)
-    from_stack = j < st.top
-    srow = st.stack[jnp.clip(st.top - 1 - j, 0, cfg.max_preempted - 1)]
-    q = j - st.top
-    win0 = st.win_id[0]
-    fresh_id = jnp.where(q == 0, win0, st.p_adm + q - 1)
-    fresh_ok = (q >= 0) & (win0 >= 0) & ((q == 0) | (st.p_adm + q - 1 < st.p_arr))
+    from_stack = j < sc.top
+    srow = x.big.stack[x.tid, jnp.clip(sc.top - 1 - j, 0, cfg.max_preempted - 1)]
+    q = j - sc.top
+    win0 = sc.win_id[0]
+    fresh_id = jnp.where(q == 0, win0, sc.p_adm + q - 1)
+    fresh_ok = (q >= 0) & (win0 >= 0) & ((q == 0) | (sc.p_adm + q - 1 < sc.p_arr))
     exists = go & (from_stack | fresh_ok)
     cid = jnp.maximum(jnp.where(from_stack, srow[:, 0], fresh_id), 0)
     cpos = jnp.where(from_stack, srow[:, 1], 0)
-    s, o = _lens(wl, cid)
+    s, o = x.lens(cid)
     c = _ceil_div(s, chunk)
     if cfg.admission == "current":
         need = _mem(cpos + 1, s, c, chunk)
-        budget = params.kv_capacity_tokens - st.used - _growth(st, chunk)
+        budget = sc.cap - sc.used - _growth(sc, chunk)
     else:
         need = s + o
-        budget = params.kv_capacity_tokens - st.peak_sum
+        budget = sc.cap - sc.peak_sum
     fits = exists & (jnp.cumsum(need) <= budget)
-    slot = (st.tail + j) % K
-    slot_free = st.ring_end[slot] < k
+    slot = (sc.tail + j) % K
+    slot_free = x.big.ring_end[x.tid, slot] < k
     ok = fits & slot_free
     admit = jnp.cumprod(ok.astype(jnp.int32)).astype(jnp.bool_)
-    ai = admit.astype(jnp.int32)
-    n_adm = jnp.sum(ai)
+    n_adm = jnp.sum(admit.astype(jnp.int32))
     blocked_by_ring = jnp.any(fits & ~slot_free & (jnp.cumsum(~ok) == 1))
-    n_stack = jnp.minimum(n_adm, st.top)
+    n_stack = jnp.minimum(n_adm, sc.top)
     n_fresh = n_adm - n_stack
-    p_adm = st.p_adm + jnp.maximum(n_fresh - 1, 0)
-    refill = (n_fresh > 0) & (p_adm < st.p_arr)
+    p_adm = sc.p_adm + jnp.maximum(n_fresh - 1, 0)
+    refill = (n_fresh > 0) & (p_adm < sc.p_arr)
     win = jnp.where(n_fresh > 0, jnp.where(refill, p_adm, -1), win0)
-    st = _enter(st, admit, cid, cpos, slot, wl, cfg)
-    st = st._replace(
-        top=st.top - n_stack,
-        win_id=st.win_id.at[0].set(win),
+    sc, w = _enter(sc, admit, cid, cpos, slot, s, o, x, cfg)
+    sc = sc._replace(
+        top=sc.top - n_stack,
+        win_id=sc.win_id.at[0].set(win),
         p_adm=p_adm + refill.astype(jnp.int32),
-        flags=st.flags | jnp.where(go & blocked_by_ring, FLAG_RING_FULL, 0),
+        flags=sc.flags | jnp.where(go & blocked_by_ring, FLAG_RING_FULL, 0),
     )
-    return st, go & (n_adm == A)
+    return sc, go & (n_adm == A), w
 
 
-def _candidate(st: _State, wl: _Req, cfg: SimConfig):
+def _candidate(sc: _Sc, x: _Ctx, cfg: SimConfig):
     """Step 4: the order policy's next candidate (id, saved position)."""
-    from_stack = st.top > 0
-    sid, spos = st.stack[jnp.maximum(st.top - 1, 0)]
-    wid = st.win_id
+    from_stack = sc.top > 0
+    srow = x.big.stack[x.tid, jnp.maximum(sc.top - 1, 0)]
+    wid = sc.win_id
     valid = wid >= 0
     big = jnp.iinfo(jnp.int32).max
     if cfg.window == 1:
         widx = jnp.int32(0)
     else:
         # smallest prompt, ties to the earliest id (= earliest queue position)
-        sw = jnp.where(valid, wl.so[jnp.maximum(wid, 0), 0], big)
+        sw = jnp.where(valid, x.lens(jnp.maximum(wid, 0))[0], big)
         widx = jnp.argmin(jnp.where(sw == jnp.min(sw), wid, big)).astype(jnp.int32)
-    cid = jnp.where(from_stack, sid, wid[widx])
-    cpos = jnp.where(from_stack, spos, 0)
+    cid = jnp.where(from_stack, srow[0], wid[widx])
+    cpos = jnp.where(from_stack, srow[1], 0)
     exists = from_stack | valid[widx]
     return exists, from_stack, widx, jnp.maximum(cid, 0), cpos
 
 
-def _admit_iter(st: _State, go, wl: _Req, params: SimParams, cfg: SimConfig):
-    """Step 4, one iteration: admit the candidate if it fits (and ``go``); return admitted."""
-    chunk = cfg.chunk_tokens
-    K = cfg.max_running
-    exists, from_stack, widx, cid, cpos = _candidate(st, wl, cfg)
-    s, o = _lens(wl, cid)
+def _admit_iter(sc: _Sc, go, x: _Ctx, cfg: SimConfig):
+    """Step 4, one candidate (the ``spf`` path): admit it if it fits (and ``go``) and pop it
+    from the queue: the stack top, or window slot ``widx``, refilled from the arrivals.
+    Returns the scalars, whether it was admitted, and the writes."""
+    chunk, K = cfg.chunk_tokens, cfg.max_running
+    exists, from_stack, widx, cid, cpos = _candidate(sc, x, cfg)
+    s, o = x.lens(cid)
     c = _ceil_div(s, chunk)
     if cfg.admission == "current":
         need = _mem(cpos + 1, s, c, chunk)
-        ok = st.used + _growth(st, chunk) + need <= params.kv_capacity_tokens
+        ok = sc.used + _growth(sc, chunk) + need <= sc.cap
     else:
-        ok = st.peak_sum + s + o <= params.kv_capacity_tokens
-    slot_free = st.ring_end[st.tail % K] < st.k
+        ok = sc.peak_sum + s + o <= sc.cap
+    slot = sc.tail % K
+    slot_free = x.big.ring_end[x.tid, slot] < sc.k
     want = go & exists & ok
-    admit = want & slot_free
-    st = st._replace(flags=st.flags | jnp.where(want & ~slot_free, FLAG_RING_FULL, 0))
-    return _admit(st, admit, cid, cpos, from_stack, widx, wl, cfg), admit
+    do = want & slot_free
+    sc = sc._replace(flags=sc.flags | jnp.where(want & ~slot_free, FLAG_RING_FULL, 0))
+    sc, w = _enter(sc, do[None], cid[None], cpos[None], slot[None], s[None], o[None], x, cfg)
+    from_win = do & ~from_stack
+    refill = from_win & (sc.p_adm < sc.p_arr)
+    W = sc.win_id.shape[0]
+    win = sc.win_id.at[_drop(from_win, widx, W)].set(jnp.where(refill, sc.p_adm, -1), mode="drop")
+    sc = sc._replace(
+        top=sc.top - (do & from_stack).astype(jnp.int32),
+        win_id=win,
+        p_adm=sc.p_adm + refill.astype(jnp.int32),
+    )
+    return sc, go & do, w
 
 
 def _finish(st: _State, row, xi, params: SimParams, cfg: SimConfig):
@@ -683,46 +877,25 @@ def _batch_step(st: _State, xi, wl: _Req, params: SimParams, cfg: SimConfig):
     )
     st = vm(lambda s, w, p: _begin(s, w, p, cfg), 0, 0, 0)(st, wl, params)
 
-    def pre_cond(c):
-        s, n = c
-        return jnp.any(vm(lambda s_, p: _overflowing(s_, p, cfg), 0, 0)(s, params)) & (
-            n < cfg.max_loop
-        )
-
-    def pre_body(c):
-        s, n = c
-        return vm(lambda s_, w, p: _preempt_window(s_, w, p, cfg), 0, 0, 0)(s, wl, params), n + 1
-
+    big = _Big(st.cal, st.ring, st.ring_end, st.stack, st.rec)
+    sc = _pack(st, params.kv_capacity_tokens)
+    overflowing = jax.vmap(lambda r: _overflowing(_sc(r), cfg))
     n_pre = jnp.int32(0)
     if cfg.admission == "current":
-        st, n_pre = jax.lax.while_loop(pre_cond, pre_body, (st, n_pre))
-
-    def adm_cond(c):
-        _, go, n = c
-        return jnp.any(go) & (n < cfg.max_loop)
-
-    def adm_body(c):
-        s, go, n = c
-        if cfg.order == "fcfs":
-            s, go = vm(lambda s_, g, w, p: _admit_window(s_, g, w, p, cfg), 0, 0, 0, 0)(
-                s, go, wl, params
-            )
-            return s, go, n + 1
-        s, admitted = vm(lambda s_, g, w, p: _admit_iter(s_, g, w, p, cfg), 0, 0, 0, 0)(
-            s, go, wl, params
-        )
-        return s, go & admitted, n + 1
-
-    go0 = jnp.ones(st.k.shape, jnp.bool_)
-    st, go, n_adm = jax.lax.while_loop(adm_cond, adm_body, (st, go0, jnp.int32(0)))
-    still = vm(lambda s_, p: _overflowing(s_, p, cfg), 0, 0)(st, params) | go
+        pre = lambda s, g, x: _preempt_window(s, g, x, cfg)  # noqa: E731
+        sc, _, big, n_pre = _loop(pre, sc, overflowing(sc), big, wl.so, cfg)
+    admit = _admit_window if cfg.order == "fcfs" else _admit_iter
+    go = jnp.ones(sc.shape[0], jnp.bool_)
+    sc, go, big, n_adm = _loop(lambda s, g, x: admit(s, g, x, cfg), sc, go, big, wl.so, cfg)
+    still = overflowing(sc) | go
     hit = (n_pre >= cfg.max_loop) | (n_adm >= cfg.max_loop)
+    st = _unpack(st, sc)._replace(
+        cal=big.cal, ring=big.ring, ring_end=big.ring_end, stack=big.stack, rec=big.rec
+    )
     st = st._replace(flags=st.flags | jnp.where(hit & still, FLAG_LOOP_LIMIT, 0))
     xi_axis = None if xi is None else 0
     row = jax.lax.dynamic_index_in_dim(st.cal, i, axis=1, keepdims=False)
-    st, out = vm(lambda s, r, x, p: _finish(s, r, x, p, cfg), 0, 0, xi_axis, 0)(
-        st, row, xi, params
-    )
+    st, out = vm(lambda s, r, x, p: _finish(s, r, x, p, cfg), 0, 0, xi_axis, 0)(st, row, xi, params)
     if bufs is not None:
         st = st._replace(buf_so=bufs[0], buf_src=bufs[1])
     return st, out
@@ -771,56 +944,44 @@ def _life_events(do, a0, pos, s, o, cfg: SimConfig, sign):
     return _drop(live, rows, cfg.cal_len), deltas
 
 
-def _enter(st: _State, admit, cid, cpos, slot, wl: _Req, cfg: SimConfig) -> _State:
-    """Requests ``cid`` (a vector) enter the batch at saved positions ``cpos`` in ring slots
-    ``slot``, where ``admit``: their futures go into the calendar, their footprint and this
-    step's growth into the counters, their ids into the ring (docs/semantics.md step 4)."""
-    chunk, K, k = cfg.chunk_tokens, cfg.max_running, st.k
-    s, o = _lens(wl, cid)
+def _enter(sc: _Sc, admit, cid, cpos, slot, s, o, x: _Ctx, cfg: SimConfig):
+    """Requests ``cid`` (a vector; prompts ``s``, outputs ``o``) enter the batch at saved
+    positions ``cpos`` in ring slots ``slot``, where ``admit``: their futures go into the
+    calendar, their footprint and this step's growth into the counters, their ids into the
+    ring (docs/semantics.md step 4). Returns the scalars and the writes."""
+    chunk, K, k = cfg.chunk_tokens, cfg.max_running, sc.k
     c, life, r = _lengths(s, o, chunk)
     a0 = k - cpos
     end = a0 + life - 1  # completion step
     ai = admit.astype(jnp.int32)
     n = jnp.sum(ai)
-    st = _apply_life_events(st, admit, a0, cpos, s, o, cfg, 1)
-    st = st._replace(
-        used=st.used + jnp.sum(ai * _mem(cpos, s, c, chunk)),
-        nfull=st.nfull + jnp.sum(ai * (cpos < c - 1)),
-        once=st.once + jnp.sum(ai * jnp.where(cpos == c - 1, r, 0)),
-        ndec=st.ndec + jnp.sum(ai * (cpos >= c)),
-        peak_sum=st.peak_sum + jnp.sum(ai * (s + o)),
-        ring=st.ring.at[_drop(admit, slot, K)].set(jnp.stack([cid, a0], axis=-1), mode="drop"),
-        ring_end=st.ring_end.at[_drop(admit, slot, K)].set(end, mode="drop"),
-        tail=st.tail + n,
-        n_running=st.n_running + n,
-        wait_tok=st.wait_tok - jnp.sum(ai * s) if cfg.router == "least_kv" else st.wait_tok,
+    islot = _drop(admit, slot, K)
+    w = _Writes(
+        cal=_life_events(admit, a0, cpos, s, o, cfg, 1),
+        ring=(islot, jnp.stack([cid, a0], axis=-1)),
+        ring_end=(islot, end),
+    )
+    sc = sc._replace(
+        used=sc.used + jnp.sum(ai * _mem(cpos, s, c, chunk)),
+        nfull=sc.nfull + jnp.sum(ai * (cpos < c - 1)),
+        once=sc.once + jnp.sum(ai * jnp.where(cpos == c - 1, r, 0)),
+        ndec=sc.ndec + jnp.sum(ai * (cpos >= c)),
+        peak_sum=sc.peak_sum + jnp.sum(ai * (s + o)),
+        tail=sc.tail + n,
+        n_running=sc.n_running + n,
+        wait_tok=sc.wait_tok - jnp.sum(ai * s) if cfg.router == "least_kv" else sc.wait_tok,
     )
     if cfg.num_records:
-        nrec = st.rec.shape[0]
+        nrec = x.big.rec.shape[1]
         ri = _drop(admit & (cid < cfg.num_records), cid, nrec)
-        old = st.rec[jnp.minimum(ri, nrec - 1)]
+        old = x.big.rec[x.tid, jnp.minimum(ri, nrec - 1)]
         first = jnp.where(old[:, REC_FIRST_ADMIT] < 0, k, old[:, REC_FIRST_ADMIT])
         new = jnp.stack(
             [first, jnp.full_like(first, k), old[:, REC_TOK_FINAL], a0 + c, end, old[:, REC_NPRE]],
             axis=-1,
         )
-        st = st._replace(rec=st.rec.at[ri].set(new, mode="drop"))
-    return st
-
-
-def _admit(st: _State, do, rid, pos, from_stack, widx, wl: _Req, cfg: SimConfig) -> _State:
-    """If ``do``: admit one request (the ``spf`` path) and pop it from the queue: the stack
-    top, or window slot ``widx``, which is refilled from the arrivals."""
-    st = _enter(st, do[None], rid[None], pos[None], (st.tail % cfg.max_running)[None], wl, cfg)
-    from_win = do & ~from_stack
-    refill = from_win & (st.p_adm < st.p_arr)
-    W = st.win_id.shape[0]
-    win = st.win_id.at[_drop(from_win, widx, W)].set(jnp.where(refill, st.p_adm, -1), mode="drop")
-    return st._replace(
-        top=st.top - (do & from_stack).astype(jnp.int32),
-        win_id=win,
-        p_adm=st.p_adm + refill.astype(jnp.int32),
-    )
+        w = w._replace(rec=(ri, new))
+    return sc, w
 
 
 def step_records(state: _State, num_records: int, num_steps: int) -> dict:

@@ -161,6 +161,53 @@ def test_startup_burst_hundreds_of_admissions_and_multi_preemption_steps(overflo
     assert int(small.final.flags[0]) & 1
 
 
+@pytest.mark.parametrize(
+    "admission,overflow,order",
+    [
+        ("current", "recompute", "fcfs"),
+        ("current", "swap", "spf"),
+        ("reserve", "recompute", "spf"),
+        ("reserve", "swap", "fcfs"),
+    ],
+)
+def test_compacted_loop_iterations_match_reference(admission, overflow, order):
+    # Six trajectories (own workloads and M) in one batch; once at most compact_rows of them
+    # still need a preemption or admission iteration, iterations run over just those. Every
+    # row must still equal its own reference run.
+    rows, T = 6, 140
+    loads = [
+        small_workload(20 + r, 80, s_max=24, o_max=30, rate_steps=6, burst=6) for r in range(rows)
+    ]
+    Ms = [100 + 12 * r for r in range(rows)]
+    refs = [
+        reference.simulate(
+            arr, s, o, kv_capacity_tokens=M, chunk_tokens=8, num_steps=T, stream_ends=True,
+            admission=admission, overflow=overflow, order=order, spf_window=4, batch_time_s=1 / 32,
+        )
+        for (arr, s, o), M in zip(loads, Ms, strict=True)
+    ]  # fmt: skip
+    life = max(int(np.max(-(-s // 8) + o)) for _, s, o in loads)
+    cfg = SimConfig(
+        chunk_tokens=8, num_steps=T, block_steps=1, admission=admission, overflow=overflow,
+        order=order, spf_window=4, stream_ends=True, max_running=64, max_preempted=64,
+        cal_len=1 << int(np.ceil(np.log2(life + 2))), num_records=80, record_steps=True,
+        compact_rows=2,
+    )  # fmt: skip
+    wl = Workload(*(jnp.asarray(np.stack(x), dt) for x, dt in zip(
+        zip(*loads, strict=True), (jnp.float32, jnp.int32, jnp.int32), strict=True)))  # fmt: skip
+    params = SimParams(
+        jnp.asarray(Ms, jnp.int32),
+        jnp.ones(rows),
+        jnp.full(rows, 1 / 32, jnp.float32),
+        jnp.zeros((rows, 4), jnp.float32),
+    )
+    out = batch_rollout(wl, params, None, cfg)
+    if admission == "current":
+        assert all(ref.num_preemptions > 0 for ref in refs)
+    for r, ref in enumerate(refs):
+        assert_same(ref, out, T, row=r)
+
+
 @pytest.mark.parametrize("batch_time", ["linear", "random"])
 def test_batch_time_models_match_reference(batch_time):
     arr, s, o = small_workload(3, 50, s_max=20, o_max=20, rate_steps=20)
@@ -186,7 +233,9 @@ def test_saturated_and_empty_system():
 # Replicas behind a router: the reference cluster against the JAX rows of each replica.
 
 
-def run_cluster_both(arr, s, o, *, G, router, M, chunk, T, b=1 / 32, caps=64, buffer=None, **pol):
+def run_cluster_both(
+    arr, s, o, *, G, router, M, chunk, T, b=1 / 32, caps=64, buffer=None, compact_rows=0, **pol
+):
     ref = reference.simulate_cluster(
         arr,
         s,
@@ -215,6 +264,7 @@ def run_cluster_both(arr, s, o, *, G, router, M, chunk, T, b=1 / 32, caps=64, bu
         router=router if dynamic else "none",
         num_replicas=G,
         replica_requests=buffer or len(s),
+        compact_rows=compact_rows,
         **pol,
     )
     stream = Workload(
@@ -271,7 +321,8 @@ def test_routers_differ_and_balance():
     # both differ from round robin on the same stream (the test would catch a router that
     # ignores its key)
     arr, s, o = small_workload(6, 240, s_max=40, o_max=20, rate_steps=4, burst=8)
-    common = dict(G=4, M=160, chunk=8, T=120)
+    # compact_rows=1: loop iterations over the 4 replicas switch to one-row compacted lists
+    common = dict(G=4, M=160, chunk=8, T=120, compact_rows=1)
     routed = {}
     for router in ("round_robin", "jsq", "least_kv"):
         ref, out = run_cluster_both(arr, s, o, router=router, **common)
