@@ -30,7 +30,14 @@ import numpy as np
 from kvstab import analytic, reference
 from kvstab.laws import Independent, Uniform
 from kvstab.results import write_json
-from kvstab.simulate import SimConfig, SimParams, _batch_rollout_jit, batch_rollout, init_state
+from kvstab.simulate import (
+    SimConfig,
+    SimParams,
+    _batch_rollout_jit,
+    batch_rollout,
+    compact_rows,
+    init_state,
+)
 from kvstab.workload import sample_workload
 
 M, CHUNK, B = 131000, 512, 0.0372
@@ -42,8 +49,11 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=4096)
     ap.add_argument("--overflow", choices=("recompute", "swap"), default="recompute")
     ap.add_argument("--reference-steps", type=int, default=4096)
-    ap.add_argument("--admit-window", type=int, default=4)
-    ap.add_argument("--preempt-window", type=int, default=4)
+    ap.add_argument("--admit-window", type=int, default=SimConfig.admit_window)
+    ap.add_argument("--preempt-window", type=int, default=SimConfig.preempt_window)
+    ap.add_argument(
+        "--compact-rows", type=int, default=0, help="SimConfig.compact_rows (0: automatic)"
+    )
     ap.add_argument(
         "--repeat", type=int, default=3, help="timed runs; the median is reported (noisy hosts)"
     )
@@ -72,6 +82,7 @@ def main(argv=None) -> int:
         cal_len=2048,
         admit_window=args.admit_window,
         preempt_window=args.preempt_window,
+        compact_rows=args.compact_rows,
     )
     params = SimParams(
         jnp.full(n, M, jnp.int32),
@@ -130,6 +141,7 @@ def main(argv=None) -> int:
         "overflow": args.overflow,
         "admit_window": args.admit_window,
         "preempt_window": args.preempt_window,
+        "compact_rows": compact_rows(cfg, n // jax.local_device_count()),
         "load_average_1min": os.getloadavg()[0],
         "compile_s": compile_s,
         "run_s": run,

@@ -115,7 +115,7 @@ class SimConfig:
     max_loop: int = 1 << 20
     compact_rows: int = 0
     record_steps: bool = False
-    preempt_window: int = 4
+    preempt_window: int = 2
     admit_window: int = 4
     router: str = "none"
     num_replicas: int = 1
@@ -506,10 +506,20 @@ def compact_rows(cfg: SimConfig, rows: int) -> int:
 
 
 def _first_active(go, cap: int):
-    """Indices of the first ``cap`` True entries of ``go``, padded with len(go). A
-    logarithmic prefix sum: XLA:CPU lowers cumsum over a long axis to quadratic work."""
+    """Indices of the first ``cap`` True entries of ``go``, padded with len(go).
+
+    Ranks come from prefix sums; XLA:CPU lowers a cumsum to quadratic work, so up to 4096
+    rows they run in two levels (within blocks of 32, then over the blocks: few, small ops,
+    which also keeps compile time down), beyond that as a logarithmic scan."""
     n = go.shape[0]
-    rank = jax.lax.associative_scan(jnp.add, go.astype(jnp.int32)) - 1
+    g = go.astype(jnp.int32)
+    if n <= 4096:
+        nb = -(-n // 32)
+        within = jnp.cumsum(jnp.pad(g, (0, nb * 32 - n)).reshape(nb, 32), axis=1)
+        before = jnp.cumsum(within[:, -1]) - within[:, -1]
+        rank = (within + before[:, None]).reshape(-1)[:n] - 1
+    else:
+        rank = jax.lax.associative_scan(jnp.add, g) - 1
     out = jnp.full((cap,), n, jnp.int32)
     return out.at[jnp.where(go, rank, cap)].set(jnp.arange(n, dtype=jnp.int32), mode="drop")
 
