@@ -12,7 +12,10 @@ Design (why it is fast): a step never loops over all running requests. Each traj
 * the **waiting queue** as a stack of preempted requests (top = head of the queue) in front of
   a window over the arrival buffer (fresh requests, in arrival order).
 
-So one step costs O(1) plus one short loop iteration per preemption or admission. Static sizes
+So one step costs O(1) plus one short loop iteration per window of preemptions or admissions.
+The loops run at batch level: an iteration covers the whole batch while many trajectories
+still need one, then only a compacted list of those that do (:func:`_loop`), because in most
+steps nearly every trajectory needs one iteration and only a handful need more. Static sizes
 (ring, stack, calendar, request buffer) are fixed outside jit; hitting any of them sets a flag
 and :func:`simulate` re-runs larger. Counts (arrivals, queue, completions) are exact.
 

@@ -1,5 +1,6 @@
 """The simulation driver: saturation against M/E[g], closed forms, contracts, properties."""
 
+import dataclasses
 import math
 
 import jax
@@ -17,6 +18,7 @@ from kvstab.simulate import (
     SimConfig,
     SimParams,
     batch_rollout,
+    compact_rows,
     simulate,
 )
 from kvstab.workload import sample_workload
@@ -101,6 +103,30 @@ def test_sweep_over_rate_M_and_batch_time_does_not_recompile():
     assert TRACE_COUNT[0] == before
 
 
+def test_automatic_compaction_gives_the_same_results():
+    # 256 saturated trajectories: the automatic setting runs the loops' later iterations over
+    # compacted lists (compact_rows < rows per shard); every output must equal a run without.
+    n = 256
+    law = Independent(Uniform(1, 40), Uniform(1, 40))
+    wl = sample_workload(jax.random.PRNGKey(3), law, num_trajectories=n, num_requests=900)
+    cfg = SimConfig(
+        chunk_tokens=8, num_steps=256, block_steps=16, saturated=True, max_running=128,
+        max_preempted=128, cal_len=64, num_records=40,
+    )  # fmt: skip
+    assert compact_rows(cfg, n // jax.local_device_count()) < n // jax.local_device_count()
+    params = SimParams(
+        jnp.asarray(np.random.default_rng(0).integers(120, 400, n), jnp.int32),
+        jnp.ones(n),
+        jnp.full(n, 0.125),
+        jnp.zeros((n, 4)),
+    )
+    auto = batch_rollout(wl, params, None, cfg)
+    plain = batch_rollout(wl, params, None, dataclasses.replace(cfg, compact_rows=n))
+    assert int(np.asarray(auto.final.preempted).sum()) > n  # the loops had work to do
+    for a, b in zip(jax.tree_util.tree_leaves(auto), jax.tree_util.tree_leaves(plain), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_batch_rollout_equals_stacked_single_rollouts_and_no_jit():
     law = Independent(Uniform(1, 30), Uniform(1, 30))
     wl = sample_workload(jax.random.PRNGKey(1), law, num_trajectories=3, num_requests=200)
@@ -123,8 +149,8 @@ def test_batch_rollout_equals_stacked_single_rollouts_and_no_jit():
     full = batch_rollout(wl, params, None, cfg)
     for i in range(3):
         one = batch_rollout(
-            jax.tree_util.tree_map(lambda x: x[i : i + 1], wl),
-            jax.tree_util.tree_map(lambda x: x[i : i + 1], params),
+            jax.tree_util.tree_map(lambda x, i=i: x[i : i + 1], wl),
+            jax.tree_util.tree_map(lambda x, i=i: x[i : i + 1], params),
             None,
             cfg,
         )
