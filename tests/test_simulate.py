@@ -104,13 +104,13 @@ def test_sweep_over_rate_M_and_batch_time_does_not_recompile():
 
 
 def test_automatic_compaction_gives_the_same_results():
-    # 256 saturated trajectories: the automatic setting runs the loops' later iterations over
+    # 1024 saturated trajectories: the automatic setting runs the loops' later iterations over
     # compacted lists (compact_rows < rows per shard); every output must equal a run without.
-    n = 256
+    n = 1024
     law = Independent(Uniform(1, 40), Uniform(1, 40))
     wl = sample_workload(jax.random.PRNGKey(3), law, num_trajectories=n, num_requests=900)
     cfg = SimConfig(
-        chunk_tokens=8, num_steps=256, block_steps=16, saturated=True, max_running=128,
+        chunk_tokens=8, num_steps=128, block_steps=16, saturated=True, max_running=128,
         max_preempted=128, cal_len=64, num_records=40,
     )  # fmt: skip
     assert compact_rows(cfg, n // jax.local_device_count()) < n // jax.local_device_count()
