@@ -419,6 +419,12 @@ def test_bad_input_names_the_field(kwargs, field):
     assert exc.value.field == field
 
 
+def test_bad_compact_rows_names_the_field():
+    with pytest.raises(InputError) as exc:
+        SimConfig(compact_rows=-1).validate()
+    assert exc.value.field == "compact_rows" and ">= 0" in exc.value.message
+
+
 @pytest.mark.parametrize("replicas,router", [(1, "round_robin"), (3, "jsq")])
 def test_sharded_over_two_cpu_devices_equals_one_device(replicas, router):
     """Trajectories split over two XLA CPU devices (shard_map) give identical results; a
