@@ -48,6 +48,7 @@ def _cases() -> dict[str, dict]:
     for (adm, ovf, order), seed in zip(
         itertools.product(("current", "reserve"), ("recompute", "swap"), ("fcfs", "spf")),
         range(100, 200),
+        strict=False,
     ):
         cases[f"{adm}-{ovf}-{order}"] = dict(
             base, admission=adm, overflow=ovf, order=order, spf_window=4, seed=seed
@@ -136,14 +137,17 @@ def _digest(x) -> str:
 
 def _run(case: dict):
     """Run one case (the pre-refactor keyword arguments) through this kvstab's public API."""
-    import kvstab.sim as sim
     from kvstab.laws import Independent, parse_law
 
     kw = dict(case)
     spec = kw.pop("law")
     law = None if spec is None else Independent(*(parse_law(x) for x in spec.split("/")))
-    if not hasattr(sim, "Policy"):  # the pre-refactor API
-        return sim.simulate(law, **kw)
+    try:
+        import kvstab.sim as sim
+    except ImportError:  # the pre-refactor API
+        import kvstab.simulate as old
+
+        return old.simulate(law, **kw)
     rate = kw.pop("arrival_rate_per_s", None)
     replay = kw.pop("replay", None)
     if replay is not None:
@@ -212,11 +216,12 @@ def _run_reference(case: dict):
 
     kw = dict(case)
     arr, s, o = kw.pop("arrival_s"), kw.pop("prompt"), kw.pop("output")
-    if not hasattr(reference, "System"):  # the pre-refactor API
+    try:
+        from kvstab import sim
+    except ImportError:  # the pre-refactor API
         if "router" in kw:
             return reference.simulate_cluster(arr, s, o, **kw)
         return reference.simulate(arr, s, o, **kw)
-    from kvstab import sim
 
     model = kw.pop("batch_time", "constant")
     factors = kw.pop("batch_time_factors", None)
