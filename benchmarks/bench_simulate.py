@@ -30,14 +30,10 @@ import numpy as np
 from kvstab import analytic, reference
 from kvstab.laws import Independent, Uniform
 from kvstab.results import write_json
-from kvstab.simulate import (
-    SimConfig,
-    SimParams,
-    _batch_rollout_jit,
-    batch_rollout,
-    compact_rows,
-    init_state,
-)
+from kvstab.sim import ConstantBatchTime, Policy, SimParams, StaticConfig, System
+from kvstab.sim.engine import compact_rows
+from kvstab.sim.rollout import _rollout_jit, batch_rollout
+from kvstab.sim.state import init_state
 from kvstab.workload import sample_workload
 
 M, CHUNK, B = 131000, 512, 0.0372
@@ -49,10 +45,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=4096)
     ap.add_argument("--overflow", choices=("recompute", "swap"), default="recompute")
     ap.add_argument("--reference-steps", type=int, default=4096)
-    ap.add_argument("--admit-window", type=int, default=SimConfig.admit_window)
-    ap.add_argument("--preempt-window", type=int, default=SimConfig.preempt_window)
+    ap.add_argument("--admit-window", type=int, default=StaticConfig.admit_window)
+    ap.add_argument("--preempt-window", type=int, default=StaticConfig.preempt_window)
     ap.add_argument(
-        "--compact-rows", type=int, default=0, help="SimConfig.compact_rows (0: automatic)"
+        "--compact-rows", type=int, default=0, help="StaticConfig.compact_rows (0: automatic)"
     )
     ap.add_argument(
         "--repeat", type=int, default=3, help="timed runs; the median is reported (noisy hosts)"
@@ -71,12 +67,13 @@ def main(argv=None) -> int:
         num_requests=num_requests,
         arrivals="saturated",
     )
-    cfg = SimConfig(
+    policy = Policy.from_names(overflow=args.overflow)
+    cfg = StaticConfig(
         chunk_tokens=CHUNK,
         num_steps=T,
         block_steps=64,
         saturated=True,
-        overflow=args.overflow,
+        policy=policy,
         max_running=1024,
         max_preempted=1024,
         cal_len=2048,
@@ -95,7 +92,7 @@ def main(argv=None) -> int:
 
     state0 = init_state(cfg, n)
     t0 = time.perf_counter()
-    _batch_rollout_jit.lower(wl, params, None, state0, cfg).compile()
+    _rollout_jit.lower(wl, params, None, state0, cfg).compile()
     compile_s = time.perf_counter() - t0
     out = batch_rollout(wl, params, None, cfg)  # warm (cached executable)
     jax.block_until_ready(out)
@@ -117,12 +114,10 @@ def main(argv=None) -> int:
         None,
         rs,
         ro,
-        kv_capacity_tokens=M,
-        chunk_tokens=CHUNK,
+        system=System(M, CHUNK, ConstantBatchTime(B)),
+        policy=policy,
         num_steps=args.reference_steps,
         saturated=True,
-        overflow=args.overflow,
-        batch_time_s=B,
     )
     ref_s = time.perf_counter() - t0
     ref_rate = ref.num_completed / ref_s

@@ -12,8 +12,8 @@ per-step and per-request arrays) bit for bit.
 
 ``--compare`` exits 1 and names every case and field that differs. The baseline committed in
 benchmarks/results/ was recorded from the code before the architecture refactor (its commit is
-in the file). A case is written as the keyword arguments of the pre-refactor API; ``_run``
-translates it for whichever API the installed kvstab has.
+in the file). A case is written as the keyword arguments of the pre-refactor API; ``_run`` and
+``_run_reference`` translate them to the components of :mod:`kvstab.sim`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def _cases() -> dict[str, dict]:
     for (adm, ovf, order), seed in zip(
         itertools.product(("current", "reserve"), ("recompute", "swap"), ("fcfs", "spf")),
         range(100, 200),
+        strict=False,
     ):
         cases[f"{adm}-{ovf}-{order}"] = dict(
             base, admission=adm, overflow=ovf, order=order, spf_window=4, seed=seed
@@ -135,16 +136,46 @@ def _digest(x) -> str:
 
 
 def _run(case: dict):
-    """Run one case through whichever public API this kvstab has."""
-    import kvstab.simulate as sim_mod
+    """Run one case (the pre-refactor keyword arguments) through this kvstab's public API."""
     from kvstab.laws import Independent, parse_law
 
     kw = dict(case)
     spec = kw.pop("law")
     law = None if spec is None else Independent(*(parse_law(x) for x in spec.split("/")))
-    if hasattr(sim_mod, "simulate_legacy_kwargs"):  # the post-refactor API
-        return sim_mod.simulate_legacy_kwargs(law, **kw)
-    return sim_mod.simulate(law, **kw)
+    try:
+        import kvstab.sim as sim
+    except ImportError:  # the pre-refactor API
+        import kvstab.simulate as old
+
+        return old.simulate(law, **kw)
+    rate = kw.pop("arrival_rate_per_s", None)
+    replay = kw.pop("replay", None)
+    if replay is not None:
+        arrivals = sim.Replay(*replay)
+    elif kw.pop("saturated", False):
+        arrivals = sim.Saturated()
+    else:
+        arrivals = sim.arrivals_from_name(kw.pop("arrivals", "poisson"), rate)
+    kw.pop("arrivals", None)
+    workload = sim.Workload(law, arrivals, initial_queue=kw.pop("initial_queue", 0))
+    batch_time = sim.batch_time_from_name(
+        kw.pop("batch_time_model", "constant"),
+        batch_time_s=kw.pop("batch_time_s", 0.0372),
+        linear_coefs=kw.pop("linear_coefs", (0.0, 0.0, 0.0, 0.0)),
+        law=kw.pop("batch_time_law", "lognormal"),
+    )
+    system = sim.System(kw.pop("kv_capacity_tokens"), kw.pop("chunk_tokens"), batch_time)
+    policy = sim.policy_from_names(
+        kw.pop("admission", "current"),
+        kw.pop("overflow", "recompute"),
+        kw.pop("order", "fcfs"),
+        kw.pop("spf_window", 32),
+    )
+    cluster = sim.Cluster(
+        kw.pop("num_replicas", 1), sim.router_from_name(kw.pop("router", "round_robin"))
+    )
+    outputs = sim.Outputs(kw.pop("num_records", 0), kw.pop("record_steps", False))
+    return sim.simulate(workload, system, policy, cluster=cluster, outputs=outputs, **kw)
 
 
 def _sim_fields(res) -> dict[str, str]:
@@ -180,13 +211,38 @@ def _ref_fields(res) -> dict[str, str]:
 
 
 def _run_reference(case: dict):
+    """Run one reference case (the pre-refactor keyword arguments) through this kvstab."""
     from kvstab import reference
 
     kw = dict(case)
     arr, s, o = kw.pop("arrival_s"), kw.pop("prompt"), kw.pop("output")
+    try:
+        from kvstab import sim
+    except ImportError:  # the pre-refactor API
+        if "router" in kw:
+            return reference.simulate_cluster(arr, s, o, **kw)
+        return reference.simulate(arr, s, o, **kw)
+
+    model = kw.pop("batch_time", "constant")
+    factors = kw.pop("batch_time_factors", None)
+    batch_time = sim.batch_time_from_name(
+        model,
+        batch_time_s=kw.pop("batch_time_s", 0.0372),
+        linear_coefs=kw.pop("linear_coefs", (0.0, 0.0, 0.0, 0.0)),
+    )
+    system = sim.System(kw.pop("kv_capacity_tokens"), kw.pop("chunk_tokens"), batch_time)
+    policy = sim.policy_from_names(
+        kw.pop("admission", "current"),
+        kw.pop("overflow", "recompute"),
+        kw.pop("order", "fcfs"),
+        kw.pop("spf_window", 32),
+    )
+    if factors is not None:
+        kw["batch_time_factors"] = factors
     if "router" in kw:
-        return reference.simulate_cluster(arr, s, o, **kw)
-    return reference.simulate(arr, s, o, **kw)
+        kw["router"] = sim.router_from_name(kw.pop("router"))
+        return reference.simulate_cluster(arr, s, o, system=system, policy=policy, **kw)
+    return reference.simulate(arr, s, o, system=system, policy=policy, **kw)
 
 
 def collect(only: str | None = None) -> dict[str, dict[str, str]]:

@@ -44,7 +44,7 @@ def config(quick: bool) -> dict:
 
 
 def run(cfg: dict, progress: rp.Progress) -> dict:
-    from kvstab.simulate import simulate
+    from kvstab.sim import LinearBatchTime, Outputs, Poisson, System, Workload, simulate
 
     laws = {w: rp.law_for(w) for w in cfg["workloads"]}
     n = cfg["trajectories_per_rate"]
@@ -60,17 +60,16 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
     for i, (w, law) in enumerate(laws.items()):
         progress(f"{w}: linear batch-time model at rates {cfg['rates_per_s']}")
         res = simulate(
-            law,
-            kv_capacity_tokens=cfg["kv_capacity_tokens"],
-            chunk_tokens=cfg["chunk_tokens"],
-            batch_time_s=0.04,  # unused by the linear model (b comes from the coefficients)
-            arrival_rate_per_s=rates,
+            Workload(law, Poisson(rates)),
+            System(
+                cfg["kv_capacity_tokens"],
+                cfg["chunk_tokens"],
+                LinearBatchTime(*cfg["linear_coefs"]),
+            ),
             num_steps=cfg["num_steps"],
             num_trajectories=rates.size,
             seed=cfg["seed"] + i,
-            batch_time_model="linear",
-            linear_coefs=cfg["linear_coefs"],
-            record_steps=True,
+            outputs=Outputs(record_steps=True),
             warmup_frac=cfg["warmup_frac"],
             sizes=sizes,
             progress=progress.sim(w),

@@ -38,7 +38,15 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
 
 
 def queue_experiment(cfg: dict, progress: rp.Progress) -> dict:
-    from kvstab.simulate import simulate
+    from kvstab.sim import (
+        Cluster,
+        ConstantBatchTime,
+        Poisson,
+        System,
+        Workload,
+        router_from_name,
+        simulate,
+    )
 
     law = rp.law_for(cfg["workload"])
     b = rp.WORKLOADS[cfg["workload"]]["batch_time_s"]
@@ -48,15 +56,11 @@ def queue_experiment(cfg: dict, progress: rp.Progress) -> dict:
         f"on {cfg['num_replicas']} replica(s)"
     )
     res = simulate(
-        law,
-        kv_capacity_tokens=cfg["kv_capacity_tokens"],
-        chunk_tokens=cfg["chunk_tokens"],
-        batch_time_s=b,
-        arrival_rate_per_s=rates,
+        Workload(law, Poisson(rates)),
+        System(cfg["kv_capacity_tokens"], cfg["chunk_tokens"], ConstantBatchTime(b)),
         num_steps=cfg["num_steps"],
         num_trajectories=rates.size,
-        num_replicas=cfg["num_replicas"],
-        router=cfg.get("router", "round_robin"),
+        cluster=Cluster(cfg["num_replicas"], router_from_name(cfg.get("router", "round_robin"))),
         seed=cfg["seed"],
         warmup_frac=cfg["warmup_frac"],
         progress=progress.sim("simulate"),

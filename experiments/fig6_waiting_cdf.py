@@ -40,7 +40,7 @@ def config(quick: bool) -> dict:
 
 
 def run(cfg: dict, progress: rp.Progress) -> dict:
-    from kvstab.simulate import simulate
+    from kvstab.sim import ConstantBatchTime, Outputs, Poisson, System, Workload, simulate
 
     law = rp.law_for(cfg["workload"])
     b = rp.WORKLOADS[cfg["workload"]]["batch_time_s"]
@@ -51,15 +51,12 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
         f"records of the first {cfg['num_records']} requests"
     )
     res = simulate(
-        law,
-        kv_capacity_tokens=cfg["kv_capacity_tokens"],
-        chunk_tokens=cfg["chunk_tokens"],
-        batch_time_s=b,
-        arrival_rate_per_s=rates,
+        Workload(law, Poisson(rates)),
+        System(cfg["kv_capacity_tokens"], cfg["chunk_tokens"], ConstantBatchTime(b)),
         num_steps=cfg["num_steps"],
         num_trajectories=rates.size,
         seed=cfg["seed"],
-        num_records=cfg["num_records"],
+        outputs=Outputs(num_records=cfg["num_records"]),
         warmup_frac=cfg["warmup_frac"],
         progress=progress.sim("simulate"),
     )

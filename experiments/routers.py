@@ -40,7 +40,16 @@ def config(quick: bool) -> dict:
 
 
 def run(cfg: dict, progress: rp.Progress) -> dict:
-    from kvstab.simulate import simulate
+    from kvstab.sim import (
+        Cluster,
+        ConstantBatchTime,
+        Outputs,
+        Poisson,
+        System,
+        Workload,
+        router_from_name,
+        simulate,
+    )
 
     law = rp.law_for(cfg["workload"])
     b = rp.WORKLOADS[cfg["workload"]]["batch_time_s"]
@@ -54,17 +63,13 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
     for router in cfg["routers"]:
         progress(f"{router}: {loads.size} loads x {n} trajectories on {g} replicas")
         res = simulate(
-            law,
-            kv_capacity_tokens=cfg["kv_capacity_tokens"],
-            chunk_tokens=cfg["chunk_tokens"],
-            batch_time_s=b,
-            arrival_rate_per_s=rates,
+            Workload(law, Poisson(rates)),
+            System(cfg["kv_capacity_tokens"], cfg["chunk_tokens"], ConstantBatchTime(b)),
             num_steps=cfg["num_steps"],
             num_trajectories=rates.size,
-            num_replicas=g,
-            router=router,
+            cluster=Cluster(g, router_from_name(router)),
             seed=cfg["seed"],
-            num_records=cfg["num_records"],
+            outputs=Outputs(num_records=cfg["num_records"]),
             warmup_frac=cfg["warmup_frac"],
             progress=progress.sim(router),
         )

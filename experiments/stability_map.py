@@ -44,7 +44,7 @@ def config(quick: bool) -> dict:
 
 
 def run(cfg: dict, progress: rp.Progress) -> dict:
-    from kvstab.simulate import simulate
+    from kvstab.sim import ConstantBatchTime, Poisson, System, Workload, simulate
 
     law = rp.law_for(cfg["workload"])
     b = rp.WORKLOADS[cfg["workload"]]["batch_time_s"]
@@ -58,11 +58,8 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
     lam_traj = np.repeat((mu[:, None] * f[None, :]).ravel(), n)
     progress(f"{Ms.size} capacities x {f.size} rates x {n} trajectories in one call")
     res = simulate(
-        law,
-        kv_capacity_tokens=M_traj,
-        chunk_tokens=cfg["chunk_tokens"],
-        batch_time_s=b,
-        arrival_rate_per_s=lam_traj,
+        Workload(law, Poisson(lam_traj)),
+        System(M_traj, cfg["chunk_tokens"], ConstantBatchTime(b)),
         num_steps=cfg["num_steps"],
         num_trajectories=M_traj.size,
         seed=cfg["seed"],

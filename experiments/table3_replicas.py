@@ -41,7 +41,15 @@ def config(quick: bool) -> dict:
 
 
 def run(cfg: dict, progress: rp.Progress) -> dict:
-    from kvstab.simulate import simulate
+    from kvstab.sim import (
+        Cluster,
+        ConstantBatchTime,
+        Poisson,
+        System,
+        Workload,
+        router_from_name,
+        simulate,
+    )
 
     law = rp.law_for(cfg["workload"])
     b = rp.WORKLOADS[cfg["workload"]]["batch_time_s"]
@@ -49,15 +57,11 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
     th = rp.mu_theory(law, b)
     progress(f"overloaded run at {cfg['overload_rate_per_s']:g} req/s on {g} replicas (mu_sim)")
     res = simulate(
-        law,
-        kv_capacity_tokens=cfg["kv_capacity_tokens"],
-        chunk_tokens=cfg["chunk_tokens"],
-        batch_time_s=b,
-        arrival_rate_per_s=cfg["overload_rate_per_s"],
+        Workload(law, Poisson(cfg["overload_rate_per_s"])),
+        System(cfg["kv_capacity_tokens"], cfg["chunk_tokens"], ConstantBatchTime(b)),
         num_steps=cfg["overload_steps"],
         num_trajectories=cfg["overload_trajectories"],
-        num_replicas=g,
-        router=cfg["router"],
+        cluster=Cluster(g, router_from_name(cfg["router"])),
         seed=cfg["seed"],
         warmup_frac=cfg["warmup_frac"],
         progress=progress.sim("overloaded"),

@@ -3,7 +3,7 @@
 Implements and extends the queueing model of Nie, Si and Zhou, "A Queueing-Theoretic
 Framework for Stability Analysis of LLM Inference with KV Cache Memory Constraints"
 (arXiv 2605.04595): closed forms (:mod:`kvstab.analytic`), a vectorized JAX simulator
-(:mod:`kvstab.simulate`) with a plain-Python twin (:mod:`kvstab.reference`), boundary
+(:mod:`kvstab.sim`) with a plain-Python twin (:mod:`kvstab.reference`), boundary
 estimators (:mod:`kvstab.stability`) and trace calibration (:mod:`kvstab.fit`).
 """
 

@@ -33,7 +33,17 @@ import numpy as np
 import optax
 
 from kvstab.errors import InputError, check_number
-from kvstab.simulate import simulate
+from kvstab.sim import (
+    ConstantBatchTime,
+    LinearBatchTime,
+    Outputs,
+    Policy,
+    Replay,
+    Saturated,
+    System,
+    Workload,
+    simulate,
+)
 
 
 @dataclasses.dataclass
@@ -68,16 +78,13 @@ def _predicted_finish_times(theta, model, path, arrival_s):
             and per-request ``finish_step``, ``arrival_step``, ``arrival_frac`` (req,).
         arrival_s: (req,) arrival times, seconds.
     """
+    # The batch-time model's one definition (kvstab.sim.components), differentiated in θ.
+    p, d, kv = path["prefill_tokens"], path["decode_tokens"], path["kv_tokens"]
     if model == "constant":
-        b = jnp.full(path["kv_tokens"].shape, jnp.exp(theta[0]))
+        b_const = ConstantBatchTime.step_time_s(jnp.exp(theta[0]), None, p, d, kv, None)
+        b = jnp.full(kv.shape, b_const)
     else:
-        c = jnp.exp(theta)
-        b = (
-            c[0]
-            + c[1] * path["prefill_tokens"]
-            + c[2] * path["decode_tokens"]
-            + c[3] * path["kv_tokens"]
-        )
+        b = LinearBatchTime.step_time_s(None, jnp.exp(theta), p, d, kv, None)
     clock = jnp.concatenate([jnp.zeros(1), jnp.cumsum(b)])
     f = jnp.maximum(jnp.asarray(path["finish_step"]), 0)
     a = jnp.asarray(path["arrival_step"])
@@ -177,23 +184,16 @@ def fit_batch_time(
     num_steps = int(-(-num_steps // 64) * 64)
 
     def run(theta_now):
-        kw = {}
         if model == "constant":
-            kw["batch_time_s"] = float(jnp.exp(theta_now[0]))
+            batch_time = ConstantBatchTime(float(jnp.exp(theta_now[0])))
         else:
-            kw.update(batch_time_model="linear", linear_coefs=tuple(np.exp(np.asarray(theta_now))))
+            batch_time = LinearBatchTime(*(float(c) for c in np.exp(np.asarray(theta_now))))
         r = simulate(
-            None,
-            replay=(a, prompt, output),
-            kv_capacity_tokens=kv_capacity_tokens,
-            chunk_tokens=chunk_tokens,
+            Workload(arrivals=Replay(a, prompt, output)),
+            System(kv_capacity_tokens, chunk_tokens, batch_time),
             num_steps=num_steps,
             num_trajectories=1,
-            num_records=a.size,
-            record_steps=True,
-            block_steps=64,
-            num_segments=1,
-            **kw,
+            outputs=Outputs(num_records=a.size, record_steps=True, block_steps=64, num_segments=1),
         )
         return _path_from(r, a)
 
@@ -280,14 +280,15 @@ def smoothed_capacity_loss_and_grad(
     z = np.random.default_rng(key_seed).standard_normal(num_pairs)
     ms = np.concatenate([M + sigma * z, M - sigma * z])
     ms = np.maximum(np.round(ms), 1).astype(np.int64)
+    kw = dict(sim_kwargs)
+    system = System(ms, kw.pop("chunk_tokens"), ConstantBatchTime(kw.pop("batch_time_s")))
     r = simulate(
-        law,
-        kv_capacity_tokens=ms,
-        saturated=True,
+        Workload(law, Saturated()),
+        system,
         num_trajectories=ms.size,
         seed=key_seed,
-        **sim_kwargs,
-        num_segments=1,
+        outputs=Outputs(num_segments=1),
+        **kw,
     )
     thr = r.throughput_per_traj()
     losses = (thr / target_throughput_per_s - 1.0) ** 2
@@ -329,18 +330,17 @@ def fit_kv_capacity(
         batch_time_s=batch_time_s,
         chunk_tokens=chunk_tokens,
         num_steps=num_steps,
-        admission=admission,
-        overflow=overflow,
+        policy=Policy.from_names(admission=admission, overflow=overflow),
     )
     # Fix the static sizes once, for up to twice the starting M, so that the iterations reuse
     # one compiled simulator (sizes derived from each iteration's M would recompile).
     probe = simulate(
-        law,
-        kv_capacity_tokens=2 * init_tokens,
-        saturated=True,
+        Workload(law, Saturated()),
+        System(int(2 * init_tokens), chunk_tokens, ConstantBatchTime(batch_time_s)),
+        sim_kwargs["policy"],
+        num_steps=num_steps,
         num_trajectories=2 * num_pairs,
-        num_segments=1,
-        **sim_kwargs,
+        outputs=Outputs(num_segments=1),
     )
     sim_kwargs["sizes"] = probe.config["sizes"]
     for it in range(max_iters):

@@ -104,7 +104,7 @@ class Progress:
 def _run(args: argparse.Namespace) -> int:
     from kvstab import analytic
     from kvstab.cli import check_fits_memory, workload_from_args
-    from kvstab.simulate import simulate
+    from kvstab.sim import components_from_names, simulate, workload_from_names
 
     analytic.validate_system(args.kv_tokens, args.chunk, args.batch_time)
     if args.rate is None and not args.saturated:
@@ -125,31 +125,35 @@ def _run(args: argparse.Namespace) -> int:
     coefs = parse_coefs(args.linear_coefs)
     prog = Progress("kvstab simulate", quiet=args.quiet)
     res = simulate(
-        joint,
-        kv_capacity_tokens=args.kv_tokens,
-        chunk_tokens=args.chunk,
-        batch_time_s=args.batch_time,
-        arrival_rate_per_s=args.rate,
-        saturated=args.saturated,
+        workload_from_names(
+            joint,
+            arrival_rate_per_s=args.rate,
+            saturated=args.saturated,
+            initial_queue=args.initial_queue,
+        ),
         num_steps=args.steps,
         num_trajectories=args.trajectories,
         seed=args.seed,
-        num_replicas=args.replicas,
-        router=args.router,
-        admission=args.admission,
-        overflow=args.overflow,
-        order=args.order,
-        spf_window=args.spf_window,
-        batch_time_model=args.batch_time_model,
-        linear_coefs=coefs,
-        batch_time_law=args.batch_time_law,
-        batch_time_sigma=args.batch_time_sigma,
-        slow_fraction=args.slow_fraction,
-        slow_factor=args.slow_factor,
-        initial_queue=args.initial_queue,
         warmup_frac=args.warmup,
-        num_records=args.records,
         progress=prog,
+        **components_from_names(
+            kv_capacity_tokens=args.kv_tokens,
+            chunk_tokens=args.chunk,
+            batch_time_s=args.batch_time,
+            num_replicas=args.replicas,
+            router=args.router,
+            admission=args.admission,
+            overflow=args.overflow,
+            order=args.order,
+            spf_window=args.spf_window,
+            batch_time_model=args.batch_time_model,
+            linear_coefs=coefs,
+            batch_time_law=args.batch_time_law,
+            batch_time_sigma=args.batch_time_sigma,
+            slow_fraction=args.slow_fraction,
+            slow_factor=args.slow_factor,
+            num_records=args.records,
+        ),
     )
     summ = res.summary()
     mu = analytic.mu_for(joint, args.kv_tokens * args.replicas, args.batch_time, args.chunk)

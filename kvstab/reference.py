@@ -2,8 +2,11 @@
 
 This module implements ``docs/semantics.md`` (SIM_SEMANTICS_VERSION = 2) literally, one step
 and one request at a time, with no vectorization and no JAX. It exists to be read and to be
-trusted: the fast JAX simulator (:mod:`kvstab.simulate`) must give *identical* integer results
-on the same sampled workload, and the tests check that.
+trusted: the fast JAX simulator (:mod:`kvstab.sim`) must give *identical* integer results
+on the same sampled workload, and the tests check that. It takes the very same component
+objects (:class:`kvstab.sim.System`, :class:`kvstab.sim.Policy`, a router) and calls their
+plain-Python hooks (``fits``, ``saved_position``, ``pick``, ``time_s``, ``key``); a request's
+life is :mod:`kvstab.request`.
 
 Reading guide. :func:`simulate` validates its inputs, then runs :func:`_Simulator.step` once
 per step k = 0 .. T-1. ``step`` does, in this order, exactly the seven numbered points of
@@ -13,10 +16,10 @@ docs/semantics.md "One step k":
 2. plan the running requests' growth;
 3. overflow: preempt the newest running requests until U + growth <= M, victims go to the
    head of ``queue`` oldest-admitted first;
-4. admission by the order policy (fcfs / spf) and the admission rule (current / reserve),
+4. admission in ``policy.order`` while ``policy.admission`` says the candidate fits,
    head-of-line blocking;
 5. execute: every running request advances one position; KV_k = U + growth;
-6. batch time b_k, t_{k+1} = t_k + b_k;
+6. batch time b_k (``system.batch_time``), t_{k+1} = t_k + b_k;
 7. completions.
 
 Floating point, so that both simulators agree bit for bit (arrivals compare the clock with
@@ -31,56 +34,30 @@ Floating point, so that both simulators agree bit for bit (arrivals compare the 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import numpy as np
 
 from kvstab.errors import InputError, check_number
+from kvstab.request import growth, is_prefill, lifetime, mem, num_chunks
+from kvstab.sim.components import (
+    BatchTime,
+    ConstantBatchTime,
+    Policy,
+    Router,
+    System,
+)
 
-ADMISSIONS = ("current", "reserve")
-OVERFLOWS = ("recompute", "swap")
-ORDERS = ("fcfs", "spf")
-BATCH_TIMES = ("constant", "linear", "random")
-
-
-# ---------------------------------------------------------------------------------------------
-# Request life (docs/semantics.md "Request life")
-# ---------------------------------------------------------------------------------------------
-
-
-def num_chunks(s: int, chunk: int) -> int:
-    """C = ⌈s/ŝ⌉, the number of prefill steps."""
-    return -(-s // chunk)
-
-
-def lifetime(s: int, o: int, chunk: int) -> int:
-    """L = C + o steps from first chunk to last decode token."""
-    return num_chunks(s, chunk) + o
-
-
-def mem(p: int, s: int, chunk: int) -> int:
-    """KV tokens held after p steps of life.
-
-    mem(p) = min(p·ŝ, s) for p <= C, and s + (p − C) for p > C.
-    """
-    c = num_chunks(s, chunk)
-    if p <= c:
-        return min(p * chunk, s)
-    return s + (p - c)
-
-
-def growth(p: int, s: int, chunk: int) -> int:
-    """Tokens added by executing one step at position p: mem(p+1) − mem(p).
-
-    ŝ for p < C−1, s − (C−1)·ŝ for the last chunk p = C−1, and 1 for a decode step C <= p < L.
-    """
-    return mem(p + 1, s, chunk) - mem(p, s, chunk)
-
-
-def is_prefill(p: int, s: int, chunk: int) -> bool:
-    """True if the step executed at position p is a prefill chunk (p < C), else a decode."""
-    return p < num_chunks(s, chunk)
+__all__ = [
+    "ClusterResult",
+    "ReferenceResult",
+    "growth",
+    "lifetime",
+    "mem",
+    "num_chunks",
+    "simulate",
+    "simulate_cluster",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,11 +108,6 @@ class ReferenceResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_option(field: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in allowed:
-        raise InputError(field, f"must be one of {', '.join(allowed)}, got {value!r}")
-
-
 def _as_1d(field: str, values: Any) -> np.ndarray:
     a = np.asarray(values)
     if a.ndim != 1:
@@ -170,44 +142,21 @@ def _as_length_array(field: str, values: Any) -> list[int]:
     return [int(x) for x in a]
 
 
-def _validate(
-    arrival_s,
-    prompt,
-    output,
-    kv_capacity_tokens,
-    chunk_tokens,
-    num_steps,
-    saturated,
-    admission,
-    overflow,
-    order,
-    spf_window,
-    batch_time,
-    batch_time_s,
-    linear_coefs,
-    batch_time_factors,
-):
+def _validate(arrival_s, prompt, output, system, policy, num_steps, saturated, factors_in):
     """Check every input; return (arrival, s, o, factors) as Python lists of float/int."""
-    check_number("kv_capacity_tokens", kv_capacity_tokens, low=1, integer=True)
-    check_number("chunk_tokens", chunk_tokens, low=1, integer=True)
+    for field, value, kind in (("system", system, System), ("policy", policy, Policy)):
+        if not isinstance(value, kind):
+            raise InputError(field, f"must be a {kind.__name__}, got {value!r}")
+    kv_capacity_tokens = system.kv_capacity_tokens
+    if np.ndim(kv_capacity_tokens) != 0:
+        raise InputError("kv_capacity_tokens", "must be one integer >= 1 (one replica)")
+    if np.ndim(getattr(system.batch_time, "batch_time_s", 0.0)) != 0:
+        raise InputError("batch_time_s", "must be one number > 0 (one replica)")
     check_number("num_steps", num_steps, low=1, integer=True)
-    check_number("spf_window", spf_window, low=1, integer=True)
-    for field, value in (
-        ("kv_capacity_tokens", kv_capacity_tokens),
-        ("chunk_tokens", chunk_tokens),
-        ("num_steps", num_steps),
-        ("spf_window", spf_window),
-    ):
-        try:
-            float(value)
-        except Exception as exc:
-            raise InputError(field, f"must be an integer >= 1, got {value!r}") from exc
-    _check_option("admission", admission, ADMISSIONS)
-    _check_option("overflow", overflow, OVERFLOWS)
-    _check_option("order", order, ORDERS)
-    _check_option("batch_time", batch_time, BATCH_TIMES)
-    check_number("batch_time_s", batch_time_s, low=0, low_open=True)
-
+    try:
+        float(num_steps)
+    except Exception as exc:
+        raise InputError("num_steps", f"must be an integer >= 1, got {num_steps!r}") from exc
     m = int(kv_capacity_tokens)
     steps = int(num_steps)
 
@@ -246,31 +195,14 @@ def _validate(
                 f"has prompt + output = {si} + {oi} = {si + oi} (it could never run)",
             )
 
-    coefs = None
     factors = None
-    if batch_time == "linear":
-        try:
-            coefs = [float(c) for c in linear_coefs]
-        except Exception as exc:
-            raise InputError("linear_coefs", "must be 4 numbers (c0, c_p, c_d, c_kv)") from exc
-        if len(coefs) != 4:
-            raise InputError(
-                "linear_coefs", f"must be 4 numbers (c0, c_p, c_d, c_kv), got {len(coefs)}"
-            )
-        if not all(math.isfinite(c) for c in coefs):
-            raise InputError("linear_coefs", f"must be finite, got {coefs}")
-        if coefs[0] <= 0 or min(coefs[1:]) < 0:
-            raise InputError(
-                "linear_coefs",
-                f"need c0 > 0 and c_p, c_d, c_kv >= 0 (so every batch time is > 0), got {coefs}",
-            )
-    if batch_time == "random":
-        if batch_time_factors is None:
+    if system.batch_time.needs_factors:
+        if factors_in is None:
             raise InputError(
                 "batch_time_factors",
-                f"required for batch_time='random': an array of length >= num_steps = {steps}",
+                f"required for a random batch time: an array of length >= num_steps = {steps}",
             )
-        f = _as_1d("batch_time_factors", batch_time_factors).astype(np.float64)
+        f = _as_1d("batch_time_factors", factors_in).astype(np.float64)
         if f.size < steps:
             raise InputError(
                 "batch_time_factors", f"must have length >= num_steps = {steps}, got {f.size}"
@@ -283,7 +215,7 @@ def _validate(
                 "batch_time_factors", f"must be finite and > 0; batch_time_factors[{i}] = {f[i]}"
             )
         factors = [float(x) for x in f]
-    return arrival, s, o, coefs, factors
+    return arrival, s, o, factors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,40 +226,17 @@ def _validate(
 class _Simulator:
     """State of docs/semantics.md "State", advanced one step at a time by :meth:`step`."""
 
-    def __init__(
-        self,
-        arrival,
-        s,
-        o,
-        *,
-        m,
-        chunk,
-        stream_ends,
-        saturated,
-        admission,
-        overflow,
-        order,
-        spf_window,
-        batch_time,
-        batch_time_s,
-        coefs,
-        factors,
-    ):
+    def __init__(self, arrival, s, o, *, system, policy, stream_ends, saturated, factors):
         self.arrival = arrival
         self.s = s
         self.o = o
         self.r = len(s)
-        self.m = m
-        self.chunk = chunk
+        self.m = int(system.kv_capacity_tokens)
+        self.chunk = int(system.chunk_tokens)
+        self.batch_time: BatchTime = system.batch_time
+        self.policy: Policy = policy
         self.stream_ends = stream_ends
         self.saturated = saturated
-        self.admission = admission
-        self.overflow = overflow
-        self.order = order
-        self.spf_window = spf_window
-        self.batch_time = batch_time
-        self.batch_time_s = batch_time_s
-        self.coefs = coefs
         self.factors = factors
 
         self.clock = 0.0  # t_k
@@ -398,7 +307,8 @@ class _Simulator:
     def preempt_overflow(self, planned_growth: int) -> int:
         """Step 3: while U + growth > M, preempt the newest running request.
 
-        recompute: saved position 0; swap: saved position p. All victims of this step go to the
+        Each victim is saved at ``policy.overflow.saved_position(p)`` (recompute: 0; swap: p).
+        All victims of this step go to the
         head of ``queue`` in ``running`` order (oldest admitted first), ahead of everything
         already waiting. Returns the reduced growth.
         """
@@ -409,8 +319,8 @@ class _Simulator:
             planned_growth -= self.growth_of(i, p)
             self.num_preempted[i] += 1
             self.preemptions += 1
-            victims.append((i, 0 if self.overflow == "recompute" else p))
-        if victims and self.admission == "reserve":
+            victims.append((i, self.policy.overflow.saved_position(p)))
+        if victims and not self.policy.admission.can_overflow:
             raise AssertionError("reserve admission can never overflow")  # pragma: no cover
         victims.reverse()  # oldest admitted first
         self.queue[0:0] = victims
@@ -419,45 +329,21 @@ class _Simulator:
     # --- step 4 ------------------------------------------------------------------------------
 
     def pick_candidate(self) -> int:
-        """Step 4, order policy: the index in ``queue`` of the next candidate.
-
-        fcfs: the head. spf: the head if it was admitted before (a preempted entry); otherwise,
-        among the first W entries of ``queue`` that were never admitted, the smallest prompt,
-        ties to the earlier position.
-        """
-        if self.order == "fcfs":
-            return 0
-        head_id = self.queue[0][0]
-        if self.ever_admitted(head_id):
-            return 0
-        best = None
-        seen = 0
-        for idx, (i, _p) in enumerate(self.queue):
-            if self.ever_admitted(i):
-                continue  # cannot happen (preempted entries sit at the head); kept literal
-            if best is None or self.s[i] < self.s[self.queue[best][0]]:
-                best = idx
-            seen += 1
-            if seen == self.spf_window:
-                break
-        return best
+        """Step 4, order policy: the index in ``queue`` of the next candidate
+        (``policy.order.pick``: fcfs the head; spf the head if it was admitted before,
+        otherwise the smallest prompt among the first W never-admitted entries)."""
+        return self.policy.order.pick(self)
 
     def admit(self, k: int, planned_growth: int) -> int:
         """Step 4: admit candidates while they fit; stop at the first that does not.
 
-        need = mem(p+1). current: U + growth + need <= M. reserve: Σ_running (s+o) + (s+o) of
-        the candidate <= M. Returns the increased growth.
+        ``policy.admission.fits``: current: U + growth + mem(p+1) <= M. reserve: Σ_running
+        (s+o) + (s+o) of the candidate <= M. Returns the increased growth.
         """
         while self.queue:
             idx = self.pick_candidate()
             i, p = self.queue[idx]
-            if self.admission == "current":
-                need = self.mem_of(i, p + 1)
-                fits = self.used + planned_growth + need <= self.m
-            else:
-                reserved = sum(self.s[j] + self.o[j] for j, _ in self.running)
-                fits = reserved + self.s[i] + self.o[i] <= self.m
-            if not fits:
+            if not self.policy.admission.fits(self, i, p, planned_growth):
                 break  # head-of-line blocking in the policy's order
             del self.queue[idx]
             self.running.append([i, p])
@@ -471,13 +357,9 @@ class _Simulator:
     # --- step 6 ------------------------------------------------------------------------------
 
     def batch_time_of(self, k: int, prefill: int, decode: int, kv: int) -> float:
-        """Step 6: b_k (float64, evaluated left to right)."""
-        if self.batch_time == "constant":
-            return self.batch_time_s
-        if self.batch_time == "linear":
-            c0, cp, cd, ckv = self.coefs
-            return c0 + cp * float(prefill) + cd * float(decode) + ckv * float(kv)
-        return self.batch_time_s * self.factors[k]
+        """Step 6: b_k of the batch-time component (float64, evaluated left to right)."""
+        factor = self.factors[k] if self.factors is not None else None
+        return float(self.batch_time.time_s(prefill, decode, kv, factor))
 
     # --- one step ------------------------------------------------------------------------------
 
@@ -548,18 +430,11 @@ def simulate(
     prompt,
     output,
     *,
-    kv_capacity_tokens: int,
-    chunk_tokens: int,
+    system: System = System(),
+    policy: Policy = Policy(),
     num_steps: int,
     stream_ends: bool = False,
     saturated: bool = False,
-    admission: str = "current",
-    overflow: str = "recompute",
-    order: str = "fcfs",
-    spf_window: int = 32,
-    batch_time: str = "constant",
-    batch_time_s: float = 0.0372,
-    linear_coefs=(0.0, 0.0, 0.0, 0.0),
     batch_time_factors=None,
 ) -> ReferenceResult:
     """Run the reference simulator for ``num_steps`` steps (docs/semantics.md).
@@ -568,14 +443,14 @@ def simulate(
         arrival_s: (R,) non-decreasing finite arrival times, seconds (ignored when
             ``saturated``; may then be None).
         prompt, output: (R,) integers s_i >= 1, o_i >= 1 with s_i + o_i <= M.
-        kv_capacity_tokens: M >= 1. chunk_tokens: ŝ >= 1. num_steps: T >= 1.
+        system: one replica (:class:`kvstab.sim.System`; M and b̄ scalars), the same object
+            the JAX simulator takes.
+        policy: admission, overflow, order (:class:`kvstab.sim.Policy`).
+        num_steps: T >= 1.
         stream_ends: True if the arrays are the whole stream (trace replay).
         saturated: every request counts as arrived at t = 0.
-        admission: "current" | "reserve". overflow: "recompute" | "swap".
-        order: "fcfs" | "spf"; spf_window: W >= 1.
-        batch_time: "constant" (b̄ = ``batch_time_s``), "linear" (``linear_coefs`` =
-            (c0, c_p, c_d, c_kv), c0 > 0, others >= 0), or "random" (b̄·ξ_k,
-            ``batch_time_factors`` of length >= T, finite and > 0).
+        batch_time_factors: ξ_k, length >= T, finite and > 0, for a random batch time
+            (b_k = b̄·ξ_k; sampled by :func:`kvstab.workload.batch_time_factors`).
 
     Flags:
         arrivals_exhausted: not ``stream_ends``, not ``saturated``, and at the start of some
@@ -588,44 +463,22 @@ def simulate(
         InputError: naming the field and its allowed range.
         AssertionError: if the invariant 0 <= KV_k <= M fails (a bug, never expected).
     """
-    arrival, s, o, coefs, factors = _validate(
-        arrival_s,
-        prompt,
-        output,
-        kv_capacity_tokens,
-        chunk_tokens,
-        num_steps,
-        saturated,
-        admission,
-        overflow,
-        order,
-        spf_window,
-        batch_time,
-        batch_time_s,
-        linear_coefs,
-        batch_time_factors,
+    arrival, s, o, factors = _validate(
+        arrival_s, prompt, output, system, policy, num_steps, saturated, batch_time_factors
     )
-    steps = int(num_steps)
     sim = _Simulator(
         arrival,
         s,
         o,
-        m=int(kv_capacity_tokens),
-        chunk=int(chunk_tokens),
+        system=system,
+        policy=policy,
         stream_ends=bool(stream_ends),
         saturated=bool(saturated),
-        admission=admission,
-        overflow=overflow,
-        order=order,
-        spf_window=int(spf_window),
-        batch_time=batch_time,
-        batch_time_s=float(batch_time_s),
-        coefs=coefs,
         factors=factors,
     )
     records = []
     clock = [sim.clock]
-    for k in range(steps):
+    for k in range(int(num_steps)):
         records.append(sim.step(k))
         clock.append(sim.clock)
     return _result(sim, records, clock)
@@ -671,8 +524,6 @@ def _result(sim: _Simulator, records: list[dict], clock: list[float]) -> Referen
 # Replicas behind a router (docs/semantics.md "Replicas and routing")
 # ---------------------------------------------------------------------------------------------
 
-ROUTERS = ("round_robin", "jsq", "least_kv")
-
 
 @dataclasses.dataclass
 class ClusterResult:
@@ -685,64 +536,56 @@ class ClusterResult:
     flags: dict
 
 
-def router_key(sim: _Simulator, router: str) -> int:
-    """The dynamic router's key of one replica; the request goes to the smallest.
-
-    jsq: requests in the system, waiting + running. least_kv: KV tokens held, U, plus the
-    prompt tokens s of every waiting request.
-    """
-    if router == "jsq":
-        return len(sim.queue) + len(sim.running)
-    return sim.used + sum(sim.s[i] for i, _ in sim.queue)
-
-
 def simulate_cluster(
     arrival_s,
     prompt,
     output,
     *,
     num_replicas: int,
-    router: str,
-    kv_capacity_tokens: int,
-    chunk_tokens: int,
+    router: Router,
+    system: System = System(),
+    policy: Policy = Policy(),
     num_steps: int,
     stream_ends: bool = False,
-    **options,
+    batch_time_factors=None,
 ) -> ClusterResult:
     """G replicas of :func:`simulate` fed from one request stream by a router.
 
-    ``round_robin``: request i goes to replica i mod G, a split fixed in advance; each
-    replica then runs on its own (any batch-time model). ``jsq`` / ``least_kv``: routing at
-    run time on the replicas' states, so they run in lockstep and need a constant batch time
-    (shared step boundaries). At each step k, before the replicas' own steps, every request of
-    the stream with arrival_s <= t_k not yet routed is taken in id order, sent to the replica
-    with the smallest :func:`router_key` (ties to the lowest index) and appended to the end
-    of its queue at once, so the next one sees it. ``options`` are :func:`simulate`'s
-    (admission, overflow, order, spf_window, batch_time, batch_time_s, ...); ``saturated``
-    is not allowed (a backlog needs no router).
+    :class:`~kvstab.sim.RoundRobin`: request i goes to replica i mod G, a split fixed in
+    advance; each replica then runs on its own (any batch-time model; random factors are
+    shared). A dynamic router (:class:`~kvstab.sim.JSQ`, :class:`~kvstab.sim.LeastKV`) routes
+    at run time on the replicas' states, so they run in lockstep and need a constant batch
+    time (shared step boundaries). At each step k, before the replicas' own steps, every
+    request of the stream with arrival_s <= t_k not yet routed is taken in id order, sent to
+    the replica with the smallest ``router.key`` (ties to the lowest index) and appended to
+    the end of its queue at once, so the next one sees it. (:class:`~kvstab.sim.RandomRouter`
+    needs a key; the JAX simulator runs it.)
 
     Flags: ``arrivals_exhausted`` as in :func:`simulate`, on the cluster's stream.
     """
+    from kvstab.sim.components import RoundRobin
+
     check_number("num_replicas", num_replicas, low=1, integer=True)
-    _check_option("router", router, ROUTERS)
-    if options.get("saturated"):
+    if not isinstance(router, Router):
+        raise InputError("router", f"must be a Router component, got {router!r}")
+    if not (router.dynamic or isinstance(router, RoundRobin)):
         raise InputError(
-            "saturated", "simulate_cluster routes arrivals; run replicas saturated alone"
+            "router", f"the reference runs round_robin, jsq, least_kv; got {router.name}"
         )
     g = int(num_replicas)
     s_all, o_all = np.asarray(prompt), np.asarray(output)
     a_all = np.asarray(arrival_s, dtype=np.float64)
-    if router == "round_robin":
+    if not router.dynamic:
         runs = [
             simulate(
                 a_all[r::g],
                 s_all[r::g],
                 o_all[r::g],
-                kv_capacity_tokens=kv_capacity_tokens,
-                chunk_tokens=chunk_tokens,
+                system=system,
+                policy=policy,
                 num_steps=num_steps,
                 stream_ends=stream_ends,
-                **options,
+                batch_time_factors=batch_time_factors,
             )
             for r in range(g)
         ]
@@ -750,57 +593,22 @@ def simulate_cluster(
         routed = [list(range(r, len(s_all), g)) for r in range(g)]
         return ClusterResult(runs, routed, {"arrivals_exhausted": exhausted})
 
-    batch_time = options.get("batch_time", "constant")
-    if batch_time != "constant":
+    if not isinstance(system.batch_time, ConstantBatchTime):
         raise InputError(
             "batch_time",
-            f"router {router!r} needs batch_time='constant' (replicas share step boundaries), "
-            f"got {batch_time!r}",
+            f"router {router.name!r} needs a constant batch time (replicas share step "
+            f"boundaries), got {system.batch_time.name!r}",
         )
-    kw = dict(
-        admission="current",
-        overflow="recompute",
-        order="fcfs",
-        spf_window=32,
-        batch_time_s=0.0372,
-    )
-    unknown = set(options) - set(kw) - {"batch_time", "saturated"}
-    if unknown:
-        raise InputError(sorted(unknown)[0], "is not an option of simulate_cluster")
-    kw.update({k: v for k, v in options.items() if k in kw})
-    arrival, s, o, _, _ = _validate(
-        arrival_s,
-        prompt,
-        output,
-        kv_capacity_tokens,
-        chunk_tokens,
-        num_steps,
-        False,
-        kw["admission"],
-        kw["overflow"],
-        kw["order"],
-        kw["spf_window"],
-        "constant",
-        kw["batch_time_s"],
-        None,
-        None,
-    )
+    arrival, s, o, _ = _validate(arrival_s, prompt, output, system, policy, num_steps, False, None)
     sims = [
         _Simulator(
             [],
             [],
             [],
-            m=int(kv_capacity_tokens),
-            chunk=int(chunk_tokens),
+            system=system,
+            policy=policy,
             stream_ends=True,  # a replica's buffer is whatever the router sent it
             saturated=False,
-            admission=kw["admission"],
-            overflow=kw["overflow"],
-            order=kw["order"],
-            spf_window=int(kw["spf_window"]),
-            batch_time="constant",
-            batch_time_s=float(kw["batch_time_s"]),
-            coefs=None,
             factors=None,
         )
         for _ in range(g)
@@ -816,7 +624,7 @@ def simulate_cluster(
         if not stream_ends and (not arrival or clock > arrival[-1]):
             exhausted = True
         while next_id < len(s) and arrival[next_id] <= clock:
-            keys = [router_key(sim, router) for sim in sims]
+            keys = [router.key(sim) for sim in sims]
             dest = keys.index(min(keys))  # ties to the lowest index
             sims[dest].add_request(arrival[next_id], s[next_id], o[next_id])
             sims[dest].arrivals(k)  # joins the end of that replica's queue now

@@ -586,19 +586,23 @@ def saturated_throughput(
     :func:`kvstab.simulate.simulate` call); also used directly where
     :mod:`kvstab.stability` does not apply (several replicas).
     """
-    from kvstab.simulate import simulate
+    from kvstab.sim import Saturated, Workload, components_from_names, simulate
 
+    kv = sim_kwargs.pop("kv_capacity_tokens", KV_CAPACITY_TOKENS)
+    chunk = sim_kwargs.pop("chunk_tokens", CHUNK_TOKENS)
+    run = {
+        k: sim_kwargs.pop(k) for k in ("warmup_frac", "sizes", "max_attempts") if k in sim_kwargs
+    }
     res = simulate(
-        law,
-        kv_capacity_tokens=sim_kwargs.pop("kv_capacity_tokens", KV_CAPACITY_TOKENS),
-        chunk_tokens=sim_kwargs.pop("chunk_tokens", CHUNK_TOKENS),
-        batch_time_s=batch_time_s,
-        saturated=True,
+        Workload(law, Saturated(), sim_kwargs.pop("initial_queue", 0)),
         num_steps=num_steps,
         num_trajectories=num_trajectories,
         seed=seed,
         progress=progress,
-        **sim_kwargs,
+        **run,
+        **components_from_names(
+            kv_capacity_tokens=kv, chunk_tokens=chunk, batch_time_s=batch_time_s, **sim_kwargs
+        ),
     )
     out = throughput_ci(res)
     out["estimator"] = "kvstab.reproduce.saturated_throughput (fallback)"
@@ -669,21 +673,26 @@ def boundary(
     Args:
         rate_grid: arrival rates to simulate, req/s.
     """
-    from kvstab.simulate import simulate
+    from kvstab.sim import components_from_names, simulate, workload_from_names
 
     rate_grid = np.asarray(rate_grid, np.float64)
     rates = np.repeat(rate_grid, int(num_trajectories_per_rate))
+    kv = sim_kwargs.pop("kv_capacity_tokens", KV_CAPACITY_TOKENS)
+    chunk = sim_kwargs.pop("chunk_tokens", CHUNK_TOKENS)
+    run = {
+        k: sim_kwargs.pop(k) for k in ("warmup_frac", "sizes", "max_attempts") if k in sim_kwargs
+    }
+    arrivals = {k: sim_kwargs.pop(k) for k in ("arrivals", "initial_queue") if k in sim_kwargs}
     res = simulate(
-        law,
-        kv_capacity_tokens=sim_kwargs.pop("kv_capacity_tokens", KV_CAPACITY_TOKENS),
-        chunk_tokens=sim_kwargs.pop("chunk_tokens", CHUNK_TOKENS),
-        batch_time_s=batch_time_s,
-        arrival_rate_per_s=rates,
+        workload_from_names(law, arrival_rate_per_s=rates, **arrivals),
         num_steps=num_steps,
         num_trajectories=rates.size,
         seed=seed,
         progress=progress,
-        **sim_kwargs,
+        **run,
+        **components_from_names(
+            kv_capacity_tokens=kv, chunk_tokens=chunk, batch_time_s=batch_time_s, **sim_kwargs
+        ),
     )
     slopes = res.queue_slope_per_traj()
     out = hinge_boundary(rates, slopes, seed=seed)

@@ -3,7 +3,7 @@
 The paper (PAPER.md §3) brackets the stability boundary of one replica between μ(1−δ)
 (Theorem 4.2, work-conserving policies) and μ = M/(b̄·E[g]) (Theorem 4.1, any policy). This
 module measures where the boundary of a *given* policy actually lies, with the vectorized
-simulator (:func:`kvstab.simulate.simulate`) and stated statistics.
+simulator (:func:`kvstab.sim.simulate`) and stated statistics.
 
 Public API
 ----------
@@ -13,7 +13,7 @@ Public API
   use, and a **warm-up check** (the estimate re-done with twice the warm-up).
 * :func:`drift_test` -> :class:`DriftResult`: 'stable' | 'unstable' | 'inconclusive' at one
   arrival rate λ, from the waiting-queue series after warm-up. :func:`assess_drift` applies
-  the same test to a :class:`~kvstab.simulate.SimResult` already in hand (or to a subset of
+  the same test to a :class:`~kvstab.sim.SimResult` already in hand (or to a subset of
   its trajectories, e.g. one rate of a sweep).
 * :func:`estimate_boundary` -> :class:`BoundaryResult`: the critical rate λ* with a
   bootstrap CI, from an empty and from a heavily loaded start (metastability), with the grid
@@ -56,7 +56,7 @@ The critical rate (:func:`estimate_boundary`)
 All simulator calls share one compiled configuration (K·R trajectories of T steps):
 
 1. **μ_sim**: an endless-backlog run (every buffered request but the last few waiting at
-   t = 0; the dynamics of ``simulate(saturated=True)``, checked never to run dry), K·R
+   t = 0; the dynamics of a saturated run (``Saturated()`` arrivals), checked never to run dry), K·R
    trajectories, with the warm-up check of :func:`saturated_throughput`.
 2. **Coarse grid**, one call from an **empty** and one from a **loaded start**: K rates × R
    replications over [min(0.8·μ(1−δ), 0.85·μ_sim), max(1.15·μ, 1.15·μ_sim)]. The loaded
@@ -259,7 +259,7 @@ def warmup_steps(law, chunk_tokens: int, num_steps: int, warmup_frac: float = WA
 
 
 def _check_common(kv_capacity_tokens, chunk_tokens, batch_time_s, admission, overflow) -> None:
-    from kvstab.simulate import ADMISSIONS, OVERFLOWS
+    from kvstab.sim.components import ADMISSIONS, OVERFLOWS
 
     check_number("kv_capacity_tokens", kv_capacity_tokens, low=1, integer=True)
     check_number("chunk_tokens", chunk_tokens, low=1, integer=True)
@@ -268,6 +268,28 @@ def _check_common(kv_capacity_tokens, chunk_tokens, batch_time_s, admission, ove
         raise InputError("admission", f"must be one of {', '.join(ADMISSIONS)}, got {admission!r}")
     if overflow not in OVERFLOWS:
         raise InputError("overflow", f"must be one of {', '.join(OVERFLOWS)}, got {overflow!r}")
+
+
+def _sim_args(M, chunk, b, admission, overflow, sim_options: dict, **run) -> dict:
+    """Keyword arguments of :func:`kvstab.sim.simulate`: the components named by this
+    module's words and ``sim_options`` (the command line's words, as
+    :func:`kvstab.sim.components_from_names` takes them, or simulate's own arguments)."""
+    import inspect
+
+    from kvstab.sim import components_from_names
+
+    opts = dict(sim_options)
+    names = inspect.signature(components_from_names).parameters
+    words = {k: opts.pop(k) for k in list(opts) if k in names}
+    comps = components_from_names(
+        kv_capacity_tokens=M,
+        chunk_tokens=chunk,
+        batch_time_s=b,
+        admission=admission,
+        overflow=overflow,
+        **words,
+    )
+    return {**comps, **opts, **run}
 
 
 def _check_sim_options(sim_options: dict) -> None:
@@ -347,21 +369,20 @@ def _backlog_requests(mu: float, horizon_s: float) -> int:
 def _backlogged_run(law, *, common: dict, sizes: dict, seed: int, progress):
     """An endless-backlog run: every buffered request but the last few waits at t = 0.
 
-    The same dynamics as ``simulate(saturated=True)`` (docs/semantics.md: every request of
-    the buffer has arrived at t = 0) as long as the backlog lasts, which is checked (the
+    The same dynamics as a saturated run (``Saturated()`` arrivals; docs/semantics.md: every
+    request of the buffer has arrived at t = 0) as long as the backlog lasts, which is checked (the
     buffer is doubled and the run repeated if it ran out). Being an arrival-driven run (at
     1e-9 req/s) it shares its compiled configuration with drift tests and rate grids of the
     same size (``sizes``).
     """
-    from kvstab.simulate import simulate
+    from kvstab.sim import Poisson, Workload, simulate
 
     sz = dict(sizes)
     n = int(common["num_trajectories"])
     for _ in range(4):
+        backlog = int(sz["num_requests"]) - BACKLOG_SPARE
         res = simulate(
-            law,
-            arrival_rate_per_s=np.full(n, BACKLOG_RATE),
-            initial_queue=int(sz["num_requests"]) - BACKLOG_SPARE,
+            Workload(law, Poisson(np.full(n, BACKLOG_RATE)), initial_queue=backlog),
             seed=int(seed),
             sizes=sz,
             progress=progress,
@@ -393,7 +414,7 @@ def saturated_throughput(
     """μ_sim: completions per second with an endless backlog, after warm-up.
 
     The run is arrival-driven with a backlog that it cannot exhaust (checked), i.e. the
-    dynamics of ``simulate(saturated=True)``; it shares its compilation with
+    dynamics of a saturated run (``Saturated()`` arrivals); it shares its compilation with
     :func:`drift_test` calls of the same ``num_trajectories``, ``num_steps`` and ``sizes``.
 
     Warm-up rule (:func:`warmup_steps`): the first max(``warmup_frac``·T, 6·E[L²]/E[L])
@@ -419,16 +440,16 @@ def saturated_throughput(
     sz = dict(sizes or {})
     sz.setdefault("num_requests", _backlog_requests(mu, num_steps * float(batch_time_s)))
     _, frac, rule = warmup_steps(law, chunk_tokens, num_steps, warmup_frac)
-    common = dict(
-        kv_capacity_tokens=int(kv_capacity_tokens),
-        chunk_tokens=int(chunk_tokens),
-        batch_time_s=float(batch_time_s),
-        admission=admission,
-        overflow=overflow,
+    common = _sim_args(
+        int(kv_capacity_tokens),
+        int(chunk_tokens),
+        float(batch_time_s),
+        admission,
+        overflow,
+        sim_options,
         warmup_frac=frac,
         num_steps=int(num_steps),
         num_trajectories=int(num_trajectories),
-        **sim_options,
     )
     res, _ = _backlogged_run(law, common=common, sizes=sz, seed=seed, progress=progress)
     return _saturation_from(res, rule)
@@ -583,7 +604,7 @@ def assess_drift(
     """The drift test on trajectories ``rows`` (default: all) of a SimResult at rate λ.
 
     Args:
-        res: a :class:`kvstab.simulate.SimResult` of an arrival-driven run.
+        res: a :class:`kvstab.sim.SimResult` of an arrival-driven run.
         rate_per_s: the λ those trajectories ran at.
         mean_lifetime: E[⌈s/ŝ⌉ + o] in steps (:func:`mean_lifetime_steps`).
     """
@@ -714,28 +735,28 @@ def drift_test(
     Returns a :class:`DriftResult`; ``config`` holds the simulation's configuration.
     ``sizes`` (static capacities) lets runs of the same size share one compilation.
     """
-    from kvstab.simulate import simulate
+    from kvstab.sim import Poisson, Workload, simulate
 
     _check_common(kv_capacity_tokens, chunk_tokens, batch_time_s, admission, overflow)
     check_number("rate_per_s", rate_per_s, low=0)
     check_number("alpha", alpha, low=0, high=0.5, low_open=True, high_open=True)
     _check_sim_options(sim_options)
     res = simulate(
-        law,
-        kv_capacity_tokens=int(kv_capacity_tokens),
-        chunk_tokens=int(chunk_tokens),
-        batch_time_s=float(batch_time_s),
-        arrival_rate_per_s=float(rate_per_s),
-        num_steps=int(num_steps),
-        num_trajectories=int(num_trajectories),
-        seed=int(seed),
-        admission=admission,
-        overflow=overflow,
-        initial_queue=int(initial_queue),
-        warmup_frac=warmup_steps(law, chunk_tokens, num_steps, warmup_frac)[1],
-        sizes=sizes,
-        progress=progress,
-        **sim_options,
+        Workload(law, Poisson(float(rate_per_s)), initial_queue=int(initial_queue)),
+        **_sim_args(
+            int(kv_capacity_tokens),
+            int(chunk_tokens),
+            float(batch_time_s),
+            admission,
+            overflow,
+            sim_options,
+            num_steps=int(num_steps),
+            num_trajectories=int(num_trajectories),
+            seed=int(seed),
+            warmup_frac=warmup_steps(law, chunk_tokens, num_steps, warmup_frac)[1],
+            sizes=sizes,
+            progress=progress,
+        ),
     )
     out = assess_drift(
         res, rate_per_s, mean_lifetime=mean_lifetime_steps(law, chunk_tokens), alpha=alpha
@@ -1047,9 +1068,12 @@ def estimate_boundary(
         sizes: static capacities for the simulator (max_running, max_preempted, cal_len,
             num_requests); equal sizes let several estimates share one compilation.
         progress: callable(done, total, stage), work counted in trajectory·steps.
-        sim_options: passed to :func:`kvstab.simulate.simulate` (order, batch-time model...).
+        sim_options: simulator options in the command line's words (order, spf_window,
+            batch-time model...: :func:`kvstab.sim.components_from_names`) or keyword
+            arguments of :func:`kvstab.sim.simulate` (max_attempts, outputs...).
     """
-    from kvstab.simulate import simulate
+    from kvstab.sim import Poisson, Workload, simulate
+    from kvstab.sim.sizing import request_buffer_size
 
     t0 = time.perf_counter()
     c0 = time.process_time()
@@ -1098,16 +1122,16 @@ def estimate_boundary(
             progress(min(done[0], total), total, stage)
 
     _, frac, rule = warmup_steps(law, chunk, T, warmup_frac)
-    common = dict(
-        kv_capacity_tokens=M,
-        chunk_tokens=chunk,
-        batch_time_s=b,
-        admission=admission,
-        overflow=overflow,
+    common = _sim_args(
+        M,
+        chunk,
+        b,
+        admission,
+        overflow,
+        sim_options,
         warmup_frac=frac,
         num_steps=T,
         num_trajectories=N,
-        **sim_options,
     )
     # Sizing from the closed form (μ ≥ λ* by Theorem 4.1): horizon, loaded start, buffers.
     horizon_est = T * b
@@ -1123,7 +1147,7 @@ def estimate_boundary(
     sz.setdefault(
         "num_requests",
         max(
-            int(1.15 * arrivals_expected + 6 * math.sqrt(arrivals_expected + 1)) + n0 + 256,
+            request_buffer_size(arrivals_expected, n0),
             _backlog_requests(mu, horizon_est),
         ),
     )
@@ -1151,10 +1175,10 @@ def estimate_boundary(
         nonlocal sz
         label = f"{stage_name} grid, {start} start"
         res = simulate(
-            law,
-            arrival_rate_per_s=np.repeat(grid, R),
+            Workload(
+                law, Poisson(np.repeat(grid, R)), initial_queue=n0 if start == "loaded" else 0
+            ),
             seed=next(seeds),
-            initial_queue=n0 if start == "loaded" else 0,
             sizes=sz,
             progress=stage_progress(label),
             **common,

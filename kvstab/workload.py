@@ -18,15 +18,18 @@ from kvstab.errors import InputError, check_number
 from kvstab.laws import JointLaw
 
 ARRIVALS = ("poisson", "deterministic", "saturated", "replay")
-ROUTERS = ("round_robin", "random", "jsq", "least_kv")
-# Static routers split the stream before the run; dynamic ones route each request at run time
-# on the replicas' states (docs/semantics.md "Replicas and routing").
-STATIC_ROUTERS = ("round_robin", "random")
-DYNAMIC_ROUTERS = ("jsq", "least_kv")
+# Router names: kvstab.sim.components.ROUTERS (static routers split the stream here).
 
 
-class Workload(NamedTuple):
-    """Per-trajectory request buffers. Shapes (traj, req); epochs are in units of 1/λ.
+def _static_routers() -> tuple:
+    from kvstab.sim.components import STATIC_ROUTERS
+
+    return STATIC_ROUTERS
+
+
+class RequestArrays(NamedTuple):
+    """Sampled per-trajectory request buffers (the workload *spec* is
+    :class:`kvstab.sim.Workload`). Shapes (traj, req); epochs are in units of 1/λ.
 
     Attributes:
         arrival_epoch: (traj, req) float32, non-decreasing; arrival time = epoch / λ.
@@ -57,7 +60,7 @@ def sample_workload(
     initial_queue: int = 0,
     num_replicas: int = 1,
     router: str = "round_robin",
-) -> Workload:
+) -> RequestArrays:
     """Sample request buffers for ``num_trajectories × num_replicas`` replica trajectories.
 
     Args:
@@ -74,7 +77,7 @@ def sample_workload(
             ``random`` (independent uniform choice).
 
     Returns:
-        Workload with leading dimension ``num_trajectories * num_replicas``.
+        RequestArrays with leading dimension ``num_trajectories * num_replicas``.
     """
     check_number("num_trajectories", num_trajectories, low=1, integer=True)
     check_number("num_requests", num_requests, low=1, integer=True)
@@ -84,10 +87,10 @@ def sample_workload(
         raise InputError(
             "arrivals", f"must be one of poisson, deterministic, saturated, got {arrivals!r}"
         )
-    if router not in STATIC_ROUTERS:
+    if router not in _static_routers():
         raise InputError(
             "router",
-            f"sample_workload splits by {' or '.join(STATIC_ROUTERS)}, got {router!r} "
+            f"sample_workload splits by {' or '.join(_static_routers())}, got {router!r} "
             "(dynamic routers route in the simulator: sample one stream with num_replicas=1)",
         )
     n, r, g = int(num_trajectories), int(num_requests), int(num_replicas)
@@ -105,20 +108,20 @@ def sample_workload(
         q = min(int(initial_queue), total)
         shifted = jnp.concatenate([jnp.zeros((n, q), epoch.dtype), epoch[:, : total - q]], axis=1)
         epoch = shifted
-    stream = Workload(epoch.astype(jnp.float32), s.astype(jnp.int32), o.astype(jnp.int32))
+    stream = RequestArrays(epoch.astype(jnp.float32), s.astype(jnp.int32), o.astype(jnp.int32))
     if g == 1:
         return stream
     return split_stream(stream, g, router, key_route, per_replica=r)
 
 
 def split_stream(
-    stream: Workload,
+    stream: RequestArrays,
     num_replicas: int,
     router: str,
     key: jax.Array | None,
     *,
     per_replica: int | None,
-) -> Workload:
+) -> RequestArrays:
     """Split each trajectory's request stream over G replicas by a static router.
 
     ``round_robin``: request i goes to replica i mod G. ``random``: an independent uniform
@@ -131,9 +134,9 @@ def split_stream(
             is kept, and shorter shares are padded with requests that never arrive
             (arrival epoch +inf, s = o = 1), so nothing is dropped.
     """
-    if router not in STATIC_ROUTERS:
+    if router not in _static_routers():
         raise InputError(
-            "router", f"split_stream takes {' or '.join(STATIC_ROUTERS)}, got {router!r}"
+            "router", f"split_stream takes {' or '.join(_static_routers())}, got {router!r}"
         )
     n, total = stream.prompt.shape
     g = int(num_replicas)
@@ -168,12 +171,12 @@ def split_stream(
         got = jnp.take_along_axis(x[:, None, :].repeat(g, 1), take, axis=2)
         return jnp.where(real, got, pad).reshape(n * g, width)
 
-    return Workload(
+    return RequestArrays(
         pick(stream.arrival_epoch, jnp.inf), pick(stream.prompt, 1), pick(stream.output, 1)
     )
 
 
-def replay_workload(arrival_s, prompt, output) -> Workload:
+def replay_workload(arrival_s, prompt, output) -> RequestArrays:
     """One trajectory replaying a given list of (arrival time, s, o); use with rate λ = 1."""
     a = np.asarray(arrival_s, np.float64)
     s = np.asarray(prompt)
@@ -190,7 +193,7 @@ def replay_workload(arrival_s, prompt, output) -> Workload:
             "arrival_s",
             f"must be non-decreasing; row {int(bad[0]) + 1} is earlier than row {int(bad[0])}",
         )
-    return Workload(
+    return RequestArrays(
         jnp.asarray(a - a[0] if a[0] < 0 else a, jnp.float32)[None, :],
         jnp.asarray(s, jnp.int32)[None, :],
         jnp.asarray(o, jnp.int32)[None, :],

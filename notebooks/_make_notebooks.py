@@ -53,15 +53,16 @@ def quickstart() -> nbformat.NotebookNode:
         new_code_cell(
             "import numpy as np\n\n"
             "from kvstab import Independent\n"
-            "from kvstab.simulate import simulate\n\n"
+            "from kvstab.sim import ConstantBatchTime, Poisson, Saturated, System, Workload, "
+            "simulate\n\n"
             "law = Independent(Uniform(10, 1600), Uniform(10, 1600))\n"
+            "system = System(kv_capacity_tokens=131000, chunk_tokens=512, "
+            "batch_time=ConstantBatchTime(0.0372))\n"
             "rates = np.array([2.0, 3.0, 4.0])\n"
             "n = 2 if TOY else 16\n"
-            "res = simulate(law, kv_capacity_tokens=131000, chunk_tokens=512, "
-            "batch_time_s=0.0372,\n"
-            "               arrival_rate_per_s=np.repeat(rates, n), "
-            "num_steps=1500 if TOY else 20000,\n"
-            "               num_trajectories=rates.size * n, seed=0)\n"
+            "res = simulate(Workload(law, Poisson(np.repeat(rates, n))), system,\n"
+            "               num_steps=1500 if TOY else 20000, "
+            "num_trajectories=rates.size * n, seed=0)\n"
             "slopes = res.queue_slope_per_traj().reshape(rates.size, n).mean(axis=1)\n"
             "for lam, g in zip(rates, slopes, strict=True):\n"
             '    print(f"lambda = {lam:g} req/s: queue grows at {g:+.3f} req/s")'
@@ -88,9 +89,8 @@ def quickstart() -> nbformat.NotebookNode:
             "the closed form μ."
         ),
         new_code_cell(
-            "sat = simulate(law, kv_capacity_tokens=131000, chunk_tokens=512, "
-            "batch_time_s=0.0372,\n"
-            "               saturated=True, num_steps=1500 if TOY else 20000,\n"
+            "sat = simulate(Workload(law, Saturated()), system, "
+            "num_steps=1500 if TOY else 20000,\n"
             "               num_trajectories=4 if TOY else 32, seed=1)\n"
             "s = sat.summary()\n"
             "print(f\"mu_sim = {s['throughput_per_s']:.3f} req/s, 95% CI \"\n"
@@ -226,10 +226,9 @@ def calibrate() -> nbformat.NotebookNode:
             "the 'measurement' that the fitted closed form predicts."
         ),
         new_code_cell(
-            "from kvstab.simulate import simulate\n\n"
+            "from kvstab.sim import Saturated, System, Workload, simulate\n\n"
             "train, test = trace.split(0.8)\n"
-            "sat = simulate(test.joint_law(), kv_capacity_tokens=131000, chunk_tokens=512,\n"
-            "               batch_time_s=0.0372, saturated=True,\n"
+            "sat = simulate(Workload(test.joint_law(), Saturated()), System(131000, 512),\n"
             "               num_steps=1000 if TOY else 20000, num_trajectories=4 if TOY else 32,\n"
             "               seed=0)\n"
             'mu_sim = sat.summary()["throughput_per_s"]\n'

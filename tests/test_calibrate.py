@@ -7,7 +7,16 @@ import pytest
 from kvstab import calibrate
 from kvstab.errors import InputError
 from kvstab.laws import Independent, Uniform
-from kvstab.simulate import simulate
+from kvstab.sim import (
+    ConstantBatchTime,
+    LinearBatchTime,
+    Outputs,
+    Replay,
+    Saturated,
+    System,
+    Workload,
+    simulate,
+)
 
 M_OBS, CHUNK = 20000, 64
 
@@ -18,23 +27,13 @@ def observed_run(n=600, b=0.04, model="constant", coefs=None, seed=0):
     arr = np.cumsum(rng.exponential(1 / 8.0, n))
     s = rng.integers(10, 301, n)
     o = rng.integers(10, 301, n)
-    kw = (
-        dict(batch_time_s=b)
-        if model == "constant"
-        else dict(batch_time_model="linear", linear_coefs=coefs)
-    )
+    batch_time = ConstantBatchTime(b) if model == "constant" else LinearBatchTime(*coefs)
     r = simulate(
-        None,
-        replay=(arr, s, o),
-        kv_capacity_tokens=M_OBS,
-        chunk_tokens=CHUNK,
+        Workload(arrivals=Replay(arr, s, o)),
+        System(M_OBS, CHUNK, batch_time),
         num_steps=3200,
         num_trajectories=1,
-        num_records=n,
-        record_steps=True,
-        block_steps=64,
-        num_segments=1,
-        **kw,
+        outputs=Outputs(num_records=n, record_steps=True, block_steps=64, num_segments=1),
     )
     return arr, s, o, r
 
@@ -112,17 +111,11 @@ def test_linear_coefficients_recovered():
     s, o = rng.integers(10, 301, 600), rng.integers(10, 301, 600)
     true = (0.02, 1e-5, 8e-5, 1e-8)
     r = simulate(
-        None,
-        replay=(arr, s, o),
-        kv_capacity_tokens=M_OBS,
-        chunk_tokens=CHUNK,
-        batch_time_model="linear",
-        linear_coefs=true,
+        Workload(arrivals=Replay(arr, s, o)),
+        System(M_OBS, CHUNK, LinearBatchTime(*true)),
         num_steps=3200,
         num_trajectories=1,
-        num_records=600,
-        block_steps=64,
-        num_segments=1,
+        outputs=Outputs(num_records=600, block_steps=64, num_segments=1),
     )
     fit = calibrate.fit_batch_time(
         arr,
@@ -146,11 +139,8 @@ def test_kv_capacity_recovered_by_smoothed_relaxation():
     steps observed; 30 iterations of 16 perturbed copies; measured: 20324)."""
     law = Independent(Uniform(10, 300), Uniform(10, 300))
     obs = simulate(
-        law,
-        saturated=True,
-        kv_capacity_tokens=M_OBS,
-        chunk_tokens=CHUNK,
-        batch_time_s=0.04,
+        Workload(law, Saturated()),
+        System(M_OBS, CHUNK, ConstantBatchTime(0.04)),
         num_steps=2048,
         num_trajectories=32,
         seed=99,

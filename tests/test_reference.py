@@ -12,9 +12,39 @@ import math
 import numpy as np
 import pytest
 
+from kvstab import reference
 from kvstab.analytic import g_exact
 from kvstab.errors import InputError
-from kvstab.reference import ReferenceResult, growth, lifetime, mem, num_chunks, simulate
+from kvstab.reference import ReferenceResult, growth, lifetime, mem, num_chunks
+from kvstab.sim import System, batch_time_from_name, policy_from_names
+
+
+def simulate(
+    arrival_s,
+    prompt,
+    output,
+    *,
+    kv_capacity_tokens,
+    chunk_tokens,
+    batch_time="constant",
+    batch_time_s=0.0372,
+    linear_coefs=(0.0, 0.0, 0.0, 0.0),
+    admission="current",
+    overflow="recompute",
+    order="fcfs",
+    spf_window=32,
+    **kw,
+) -> ReferenceResult:
+    """The reference with its components named in the command line's words."""
+    bt = batch_time_from_name(batch_time, batch_time_s=batch_time_s, linear_coefs=linear_coefs)
+    return reference.simulate(
+        arrival_s,
+        prompt,
+        output,
+        system=System(kv_capacity_tokens, chunk_tokens, bt),
+        policy=policy_from_names(admission, overflow, order, spf_window),
+        **kw,
+    )
 
 
 def run(arrival, prompt, output, **kw) -> ReferenceResult:
@@ -526,7 +556,7 @@ SYS = dict(kv_capacity_tokens=20, chunk_tokens=4, num_steps=5)
         (dict(admission="greedy"), "admission"),
         (dict(overflow="drop"), "overflow"),
         (dict(order="lifo"), "order"),
-        (dict(batch_time="normal"), "batch_time"),
+        (dict(batch_time="normal"), "batch_time_model"),
         (dict(batch_time_s=float("nan")), "batch_time_s"),
         (dict(batch_time_s=0.0), "batch_time_s"),
         (dict(output=[2, 2]), "output"),

@@ -13,14 +13,27 @@ from hypothesis import strategies as st
 from kvstab import analytic, metrics
 from kvstab.errors import InputError
 from kvstab.laws import Constant, Independent, Uniform
-from kvstab.simulate import (
-    TRACE_COUNT,
-    SimConfig,
+from kvstab.sim import (
+    JSQ,
+    Cluster,
+    ConstantBatchTime,
+    Outputs,
+    Poisson,
+    Policy,
+    RandomBatchTime,
+    Replay,
+    Saturated,
     SimParams,
+    StaticConfig,
+    System,
+    Workload,
     batch_rollout,
-    compact_rows,
+    num_compilations,
+    policy_from_names,
+    router_from_name,
     simulate,
 )
+from kvstab.sim.engine import compact_rows
 from kvstab.workload import sample_workload
 
 M, CHUNK = 131000, 512
@@ -43,12 +56,11 @@ def test_saturated_completions_per_step_match_M_over_Eg(name, overflow, tol):
     law = Independent(Uniform(10, a), Uniform(10, b))
     target = M / float(analytic.mean_g(law, CHUNK))
     r = simulate(
-        law,
-        saturated=True,
-        overflow=overflow,
+        Workload(law, Saturated()),
+        System(M, CHUNK, ConstantBatchTime(bt)),
+        policy_from_names(overflow=overflow),
         num_steps=16000,
         num_trajectories=64,
-        batch_time_s=bt,
     )
     w = r.warmup_blocks
     steps = (r.clock_s[:, -1] - r.clock_s[:, w - 1]) / bt
@@ -64,11 +76,8 @@ def test_infinite_memory_matches_littles_law():
     law = Independent(Uniform(1, 64), Uniform(1, 40))
     lam, b, chunk = 20.0, 0.01, 16
     r = simulate(
-        law,
-        kv_capacity_tokens=10**6,
-        chunk_tokens=chunk,
-        batch_time_s=b,
-        arrival_rate_per_s=lam,
+        Workload(law, Poisson(lam)),
+        System(10**6, chunk, ConstantBatchTime(b)),
         num_steps=8192,
         num_trajectories=32,
         seed=3,
@@ -89,18 +98,18 @@ def test_infinite_memory_matches_littles_law():
 def test_sweep_over_rate_M_and_batch_time_does_not_recompile():
     law = Independent(Uniform(10, 200), Uniform(10, 200))
     sizes = dict(max_running=256, max_preempted=256, num_requests=4096, cal_len=512)
-    kw = dict(num_steps=512, num_trajectories=4, sizes=sizes, block_steps=64, num_segments=1)
-    simulate(law, kv_capacity_tokens=8000, arrival_rate_per_s=[1.0, 2.0, 3.0, 4.0], **kw)
-    before = TRACE_COUNT[0]
+    out = Outputs(block_steps=64, num_segments=1)
+    kw = dict(num_steps=512, num_trajectories=4, sizes=sizes, outputs=out)
+    simulate(Workload(law, Poisson([1.0, 2.0, 3.0, 4.0])), System(8000), **kw)
+    before = num_compilations()
+    assert before >= 1
     simulate(
-        law,
-        kv_capacity_tokens=[6000, 7000, 8000, 9000],
-        arrival_rate_per_s=5.0,
-        batch_time_s=[0.02, 0.03, 0.04, 0.05],
+        Workload(law, Poisson(5.0)),
+        System([6000, 7000, 8000, 9000], batch_time=ConstantBatchTime([0.02, 0.03, 0.04, 0.05])),
         **kw,
     )
-    simulate(law, kv_capacity_tokens=8000, arrival_rate_per_s=[0.5, 9.0, 1.5, 7.0], seed=4, **kw)
-    assert TRACE_COUNT[0] == before
+    simulate(Workload(law, Poisson([0.5, 9.0, 1.5, 7.0])), System(8000), seed=4, **kw)
+    assert num_compilations() == before
 
 
 def test_automatic_compaction_gives_the_same_results():
@@ -109,7 +118,7 @@ def test_automatic_compaction_gives_the_same_results():
     n = 1024
     law = Independent(Uniform(1, 40), Uniform(1, 40))
     wl = sample_workload(jax.random.PRNGKey(3), law, num_trajectories=n, num_requests=900)
-    cfg = SimConfig(
+    cfg = StaticConfig(
         chunk_tokens=8, num_steps=128, block_steps=16, saturated=True, max_running=128,
         max_preempted=128, cal_len=64, num_records=40,
     )  # fmt: skip
@@ -130,7 +139,7 @@ def test_automatic_compaction_gives_the_same_results():
 def test_batch_rollout_equals_stacked_single_rollouts_and_no_jit():
     law = Independent(Uniform(1, 30), Uniform(1, 30))
     wl = sample_workload(jax.random.PRNGKey(1), law, num_trajectories=3, num_requests=200)
-    cfg = SimConfig(
+    cfg = StaticConfig(
         chunk_tokens=8,
         num_steps=64,
         block_steps=8,
@@ -163,13 +172,13 @@ def test_batch_rollout_equals_stacked_single_rollouts_and_no_jit():
             jax.tree_util.tree_map(lambda x: x[:1], wl),
             jax.tree_util.tree_map(lambda x: x[:1], params),
             None,
-            SimConfig(**{**cfg.__dict__, "num_steps": 16}),
+            dataclasses.replace(cfg, num_steps=16),
         )
     fast = batch_rollout(
         jax.tree_util.tree_map(lambda x: x[:1], wl),
         jax.tree_util.tree_map(lambda x: x[:1], params),
         None,
-        SimConfig(**{**cfg.__dict__, "num_steps": 16}),
+        dataclasses.replace(cfg, num_steps=16),
     )
     np.testing.assert_array_equal(
         np.asarray(slow.steps.kv_tokens), np.asarray(fast.steps.kv_tokens)
@@ -179,17 +188,11 @@ def test_batch_rollout_equals_stacked_single_rollouts_and_no_jit():
 def test_dtypes_and_shapes():
     law = Independent(Uniform(1, 30), Uniform(1, 30))
     r = simulate(
-        law,
-        kv_capacity_tokens=300,
-        chunk_tokens=8,
-        arrival_rate_per_s=3.0,
-        batch_time_s=0.125,
+        Workload(law, Poisson(3.0)),
+        System(300, 8, ConstantBatchTime(0.125)),
         num_steps=256,
         num_trajectories=5,
-        num_records=40,
-        record_steps=True,
-        block_steps=16,
-        num_segments=2,
+        outputs=Outputs(num_records=40, record_steps=True, block_steps=16, num_segments=2),
     )
     nb = 256 // 16
     for name in ("clock_s", "queue", "queue_end", "running", "kv_tokens", "completed"):
@@ -211,19 +214,13 @@ def test_conservation_and_memory_bounds(overflow, admission):
     def check(seed, m, rate):
         law = Independent(Uniform(1, 25), Uniform(1, 25))
         r = simulate(
-            law,
-            kv_capacity_tokens=m,
-            chunk_tokens=8,
-            batch_time_s=0.125,
-            arrival_rate_per_s=rate,
+            Workload(law, Poisson(rate)),
+            System(m, 8, ConstantBatchTime(0.125)),
+            policy_from_names(admission, overflow),
             num_steps=128,
             num_trajectories=4,
             seed=seed,
-            overflow=overflow,
-            admission=admission,
-            record_steps=True,
-            block_steps=16,
-            num_segments=1,
+            outputs=Outputs(record_steps=True, block_steps=16, num_segments=1),
             max_attempts=1,
             sizes=dict(max_running=128, max_preempted=128, num_requests=512, cal_len=128),
         )
@@ -244,16 +241,11 @@ def test_conservation_and_memory_bounds(overflow, admission):
 def test_caps_are_flagged_and_rerun_larger():
     law = Independent(Uniform(1, 20), Uniform(1, 20))
     r = simulate(
-        law,
-        kv_capacity_tokens=2000,
-        chunk_tokens=4,
-        initial_queue=600,
-        arrival_rate_per_s=1.0,
-        batch_time_s=0.125,
+        Workload(law, Poisson(1.0), initial_queue=600),
+        System(2000, 4, ConstantBatchTime(0.125)),
         num_steps=128,
         num_trajectories=2,
-        block_steps=16,
-        num_segments=1,
+        outputs=Outputs(block_steps=16, num_segments=1),
         sizes=dict(max_running=16, max_preempted=16, num_requests=700, cal_len=64),
     )
     assert r.attempts > 1
@@ -261,16 +253,11 @@ def test_caps_are_flagged_and_rerun_larger():
     assert r.summary()["flags"] == []
     # a capped run that may not grow keeps its flags, visibly
     r2 = simulate(
-        law,
-        kv_capacity_tokens=2000,
-        chunk_tokens=4,
-        initial_queue=600,
-        arrival_rate_per_s=1.0,
-        batch_time_s=0.125,
+        Workload(law, Poisson(1.0), initial_queue=600),
+        System(2000, 4, ConstantBatchTime(0.125)),
         num_steps=128,
         num_trajectories=2,
-        block_steps=16,
-        num_segments=1,
+        outputs=Outputs(block_steps=16, num_segments=1),
         max_attempts=1,
         sizes=dict(max_running=16, max_preempted=16, num_requests=700, cal_len=64),
     )
@@ -280,15 +267,11 @@ def test_caps_are_flagged_and_rerun_larger():
 def test_arrival_buffer_exhaustion_is_rerun_not_hidden():
     law = Independent(Constant(5), Constant(5))
     r = simulate(
-        law,
-        kv_capacity_tokens=1000,
-        chunk_tokens=8,
-        arrival_rate_per_s=40.0,
-        batch_time_s=0.125,
+        Workload(law, Poisson(40.0)),
+        System(1000, 8, ConstantBatchTime(0.125)),
         num_steps=256,
         num_trajectories=2,
-        block_steps=16,
-        num_segments=1,
+        outputs=Outputs(block_steps=16, num_segments=1),
         sizes=dict(num_requests=100),
     )
     assert r.attempts > 1 and r.config["sizes"]["num_requests"] >= 200
@@ -300,14 +283,13 @@ def test_arrival_buffer_exhaustion_is_rerun_not_hidden():
 def test_replicas_serve_about_G_times_mu():
     law = Independent(Uniform(10, 400), Uniform(10, 400))
     one = simulate(
-        law, kv_capacity_tokens=20000, saturated=True, num_steps=4096, num_trajectories=8, seed=1
+        Workload(law, Saturated()), System(20000), num_steps=4096, num_trajectories=8, seed=1
     )
     # saturated replicas behind a router: a Poisson stream far above capacity
     four = simulate(
-        law,
-        kv_capacity_tokens=20000,
-        arrival_rate_per_s=4 * 4 * one.summary()["throughput_per_s"],
-        num_replicas=4,
+        Workload(law, Poisson(4 * 4 * one.summary()["throughput_per_s"])),
+        System(20000),
+        cluster=Cluster(4),
         num_steps=4096,
         num_trajectories=8,
         seed=1,
@@ -325,15 +307,13 @@ def test_dynamic_routers_shorten_queues_and_keep_throughput():
     res = {}
     for router in ("round_robin", "random", "jsq", "least_kv"):
         r = simulate(
-            law,
-            kv_capacity_tokens=20000,
-            arrival_rate_per_s=0.95 * 4 * mu,
-            num_replicas=4,
-            router=router,
+            Workload(law, Poisson(0.95 * 4 * mu)),
+            System(20000),
+            cluster=Cluster(4, router_from_name(router)),
             num_steps=4096,
             num_trajectories=8,
             seed=2,
-            num_records=300,
+            outputs=Outputs(num_records=300),
         )
         assert r.flags == [[]] * 8, (router, r.flags)
         assert r.max_kv_tokens.max() <= 20000
@@ -358,16 +338,12 @@ def test_replayed_trace_over_replicas_is_split_not_copied(router):
     arr = np.sort(rng.uniform(0, 40, 300))
     s, o = rng.integers(1, 200, 300), rng.integers(1, 200, 300)
     r = simulate(
-        None,
-        replay=(arr, s, o),
-        kv_capacity_tokens=4000,
-        chunk_tokens=64,
-        batch_time_s=0.05,
-        num_replicas=3,
-        router=router,
+        Workload(arrivals=Replay(arr, s, o)),
+        System(4000, 64, ConstantBatchTime(0.05)),
+        cluster=Cluster(3, router_from_name(router)),
         num_steps=2048,
         num_trajectories=1,
-        num_records=300,
+        outputs=Outputs(num_records=300),
     )
     # every request arrives once, in one replica, and all are served by the end
     assert int(r.arrived[0, -1]) == 300 and int(r.completed[0, -1]) == 300
@@ -380,11 +356,9 @@ def test_replayed_trace_over_replicas_is_split_not_copied(router):
 def test_dynamic_router_buffer_too_small_is_rerun_larger():
     law = Independent(Uniform(10, 400), Uniform(10, 400))
     r = simulate(
-        law,
-        kv_capacity_tokens=20000,
-        arrival_rate_per_s=20.0,
-        num_replicas=4,
-        router="jsq",
+        Workload(law, Poisson(20.0)),
+        System(20000),
+        cluster=Cluster(4, JSQ()),
         num_steps=1024,
         num_trajectories=2,
         sizes={"replica_requests": 16},
@@ -393,35 +367,49 @@ def test_dynamic_router_buffer_too_small_is_rerun_larger():
     assert r.config["sizes"]["replica_requests"] > 16
 
 
+LAW = Independent(Uniform(10, 1600), Uniform(10, 1600))
+
+
 @pytest.mark.parametrize(
-    "kwargs,field",
+    "make,field",
     [
-        (dict(kv_capacity_tokens=0), "kv_capacity_tokens"),
-        (dict(kv_capacity_tokens=3000), "workload"),
-        (dict(chunk_tokens=0), "chunk_tokens"),
-        (dict(batch_time_s=-1.0), "batch_time_s"),
-        (dict(arrival_rate_per_s=-2.0), "arrival_rate_per_s"),
-        (dict(arrival_rate_per_s=float("nan")), "arrival_rate_per_s"),
-        (dict(arrival_rate_per_s=None), "arrival_rate_per_s"),
-        (dict(num_steps=0), "num_steps"),
-        (dict(admission="greedy"), "admission"),
-        (dict(batch_time_model="linear", linear_coefs=(0.0, 1e-5, 0, 0)), "linear_coefs"),
-        (dict(router="fastest"), "router"),
-        (dict(num_replicas=2, router="jsq", batch_time_model="random"), "router"),
-        (dict(num_replicas=0), "num_replicas"),
+        (lambda: System(kv_capacity_tokens=0), "kv_capacity_tokens"),
+        (lambda: simulate(Workload(LAW, Poisson(1.0)), System(3000)), "workload"),
+        (lambda: System(chunk_tokens=0), "chunk_tokens"),
+        (lambda: ConstantBatchTime(-1.0), "batch_time_s"),
+        (lambda: ConstantBatchTime([0.1, 0.0]), "batch_time_s"),
+        (lambda: Poisson(-2.0), "arrival_rate_per_s"),
+        (lambda: Poisson(float("nan")), "arrival_rate_per_s"),
+        (lambda: Poisson(None), "arrival_rate_per_s"),
+        (lambda: Workload(LAW, Poisson([1.0, 2.0])), None),  # fine until the run: 2 != 1 traj
+        (lambda: simulate(Workload(LAW, Poisson([1.0, 2.0])), num_steps=64, num_trajectories=3),
+         "arrival_rate_per_s"),
+        (lambda: simulate(Workload(LAW, Poisson(1.0)), num_steps=0), "num_steps"),
+        (lambda: policy_from_names(admission="greedy"), "admission"),
+        (lambda: Policy(admission="current"), "admission"),
+        (lambda: Policy.from_names(order="spf", spf_window=0), "spf_window"),
+        (lambda: RandomBatchTime(law="normal"), "batch_time_law"),
+        (lambda: __import__("kvstab.sim").sim.LinearBatchTime(0.0, 1e-5), "linear_coefs"),
+        (lambda: router_from_name("fastest"), "router"),
+        (lambda: simulate(Workload(LAW, Poisson(1.0)), System(batch_time=RandomBatchTime()),
+                          cluster=Cluster(2, JSQ()), num_steps=64), "router"),
+        (lambda: Cluster(num_replicas=0), "num_replicas"),
+        (lambda: Workload(None, Poisson(1.0)), "workload"),
+        (lambda: Replay([0.0, 1.0], [1], [1]), "replay"),
     ],
-)
-def test_bad_input_names_the_field(kwargs, field):
-    base = dict(kv_capacity_tokens=M, arrival_rate_per_s=1.0, num_steps=64, num_trajectories=1)
-    base.update(kwargs)
+)  # fmt: skip
+def test_bad_input_names_the_field(make, field):
+    if field is None:
+        make()
+        return
     with pytest.raises(InputError) as exc:
-        simulate(Independent(Uniform(10, 1600), Uniform(10, 1600)), **base)
+        make()
     assert exc.value.field == field
 
 
 def test_bad_compact_rows_names_the_field():
     with pytest.raises(InputError) as exc:
-        SimConfig(compact_rows=-1).validate()
+        StaticConfig(compact_rows=-1).validate()
     assert exc.value.field == "compact_rows" and ">= 0" in exc.value.message
 
 
@@ -436,11 +424,12 @@ def test_sharded_over_two_cpu_devices_equals_one_device(replicas, router):
 
     code = (
         "import json; from kvstab.laws import Independent, Uniform;"
-        "from kvstab.simulate import simulate;"
-        "r = simulate(Independent(Uniform(1, 40), Uniform(1, 40)), kv_capacity_tokens=400,"
-        " chunk_tokens=8, arrival_rate_per_s=[3.0, 5.0, 7.0, 9.0], batch_time_s=0.125,"
-        " num_steps=256, num_trajectories=4, seed=5, block_steps=16, num_segments=2,"
-        f" num_replicas={replicas}, router={router!r});"
+        "from kvstab.sim import *;"
+        "r = simulate(Workload(Independent(Uniform(1, 40), Uniform(1, 40)),"
+        " Poisson([3.0, 5.0, 7.0, 9.0])), System(400, 8, ConstantBatchTime(0.125)),"
+        " num_steps=256, num_trajectories=4, seed=5,"
+        " outputs=Outputs(block_steps=16, num_segments=2),"
+        f" cluster=Cluster({replicas}, router_from_name({router!r})));"
         "import jax; print(json.dumps([jax.local_device_count(), r.completed.tolist(),"
         " r.preempted.tolist(), r.queue_end.tolist()]))"
     )
@@ -452,18 +441,13 @@ def test_sharded_over_two_cpu_devices_equals_one_device(replicas, router):
     assert ndev == 2
     law = Independent(Uniform(1, 40), Uniform(1, 40))
     r = simulate(
-        law,
-        kv_capacity_tokens=400,
-        chunk_tokens=8,
-        arrival_rate_per_s=[3.0, 5.0, 7.0, 9.0],
-        batch_time_s=0.125,
+        Workload(law, Poisson([3.0, 5.0, 7.0, 9.0])),
+        System(400, 8, ConstantBatchTime(0.125)),
         num_steps=256,
         num_trajectories=4,
         seed=5,
-        block_steps=16,
-        num_segments=2,
-        num_replicas=replicas,
-        router=router,
+        outputs=Outputs(block_steps=16, num_segments=2),
+        cluster=Cluster(replicas, router_from_name(router)),
     )
     assert r.completed.tolist() == completed
     assert r.preempted.tolist() == preempted

@@ -11,8 +11,17 @@ import numpy as np
 import pytest
 
 from kvstab import reference
-from kvstab.simulate import SimConfig, SimParams, batch_rollout, step_records
-from kvstab.workload import Workload, split_stream
+from kvstab.sim import (
+    SimParams,
+    StaticConfig,
+    System,
+    batch_rollout,
+    batch_time_from_name,
+    policy_from_names,
+    router_from_name,
+    step_records,
+)
+from kvstab.workload import RequestArrays, split_stream
 
 
 def small_workload(seed, n_req, s_max, o_max, rate_steps, burst=0):
@@ -46,35 +55,27 @@ def run_both(
     xi=None,
     caps=64,
 ):
+    policy = policy_from_names(admission, overflow, order, spf_window)
+    system = System(M, chunk, batch_time_from_name(batch_time, batch_time_s=b, linear_coefs=coefs))
     ref = reference.simulate(
         arr,
         s,
         o,
-        kv_capacity_tokens=M,
-        chunk_tokens=chunk,
+        system=system,
+        policy=policy,
         num_steps=T,
         stream_ends=stream_ends,
         saturated=saturated,
-        admission=admission,
-        overflow=overflow,
-        order=order,
-        spf_window=spf_window,
-        batch_time=batch_time,
-        batch_time_s=b,
-        linear_coefs=coefs,
         batch_time_factors=xi,
     )
     life = int(np.max(-(-s // chunk) + o))
     cal = 1 << int(np.ceil(np.log2(life + 2)))
-    cfg = SimConfig(
+    cfg = StaticConfig(
         chunk_tokens=chunk,
         num_steps=T,
         block_steps=1,
-        admission=admission,
-        overflow=overflow,
-        order=order,
-        spf_window=spf_window,
-        batch_time_model=batch_time,
+        policy=policy,
+        batch_time=type(system.batch_time),
         saturated=saturated,
         stream_ends=stream_ends,
         max_running=caps,
@@ -83,7 +84,7 @@ def run_both(
         num_records=len(s),
         record_steps=True,
     )
-    wl = Workload(
+    wl = RequestArrays(
         jnp.asarray(arr, jnp.float32)[None],
         jnp.asarray(s, jnp.int32)[None],
         jnp.asarray(o, jnp.int32)[None],
@@ -179,21 +180,22 @@ def test_compacted_loop_iterations_match_reference(admission, overflow, order):
         small_workload(20 + r, 80, s_max=24, o_max=30, rate_steps=6, burst=6) for r in range(rows)
     ]
     Ms = [100 + 12 * r for r in range(rows)]
+    policy = policy_from_names(admission, overflow, order, 4)
     refs = [
         reference.simulate(
-            arr, s, o, kv_capacity_tokens=M, chunk_tokens=8, num_steps=T, stream_ends=True,
-            admission=admission, overflow=overflow, order=order, spf_window=4, batch_time_s=1 / 32,
+            arr, s, o, system=System(M, 8, batch_time_from_name(batch_time_s=1 / 32)),
+            policy=policy, num_steps=T, stream_ends=True,
         )
         for (arr, s, o), M in zip(loads, Ms, strict=True)
     ]  # fmt: skip
     life = max(int(np.max(-(-s // 8) + o)) for _, s, o in loads)
-    cfg = SimConfig(
-        chunk_tokens=8, num_steps=T, block_steps=1, admission=admission, overflow=overflow,
-        order=order, spf_window=4, stream_ends=True, max_running=64, max_preempted=64,
+    cfg = StaticConfig(
+        chunk_tokens=8, num_steps=T, block_steps=1, policy=policy,
+        stream_ends=True, max_running=64, max_preempted=64,
         cal_len=1 << int(np.ceil(np.log2(life + 2))), num_records=80, record_steps=True,
         compact_rows=2,
     )  # fmt: skip
-    wl = Workload(*(jnp.asarray(np.stack(x), dt) for x, dt in zip(
+    wl = RequestArrays(*(jnp.asarray(np.stack(x), dt) for x, dt in zip(
         zip(*loads, strict=True), (jnp.float32, jnp.int32, jnp.int32), strict=True)))  # fmt: skip
     params = SimParams(
         jnp.asarray(Ms, jnp.int32),
@@ -236,22 +238,22 @@ def test_saturated_and_empty_system():
 def run_cluster_both(
     arr, s, o, *, G, router, M, chunk, T, b=1 / 32, caps=64, buffer=None, compact_rows=0, **pol
 ):
+    policy = policy_from_names(**pol)
+    component = router_from_name(router)
     ref = reference.simulate_cluster(
         arr,
         s,
         o,
         num_replicas=G,
-        router=router,
-        kv_capacity_tokens=M,
-        chunk_tokens=chunk,
+        router=component,
+        system=System(M, chunk, batch_time_from_name(batch_time_s=b)),
+        policy=policy,
         num_steps=T,
         stream_ends=True,
-        batch_time_s=b,
-        **pol,
     )
     life = int(np.max(-(-s // chunk) + o))
-    dynamic = router in ("jsq", "least_kv")
-    cfg = SimConfig(
+    dynamic = component.dynamic
+    cfg = StaticConfig(
         chunk_tokens=chunk,
         num_steps=T,
         block_steps=1,
@@ -261,13 +263,13 @@ def run_cluster_both(
         cal_len=max(1 << int(np.ceil(np.log2(life + 2))), 4),
         num_records=len(s),
         record_steps=True,
-        router=router if dynamic else "none",
+        router=component if dynamic else None,
         num_replicas=G,
         replica_requests=buffer or len(s),
         compact_rows=compact_rows,
-        **pol,
+        policy=policy,
     )
-    stream = Workload(
+    stream = RequestArrays(
         jnp.asarray(arr, jnp.float32)[None],
         jnp.asarray(s, jnp.int32)[None],
         jnp.asarray(o, jnp.int32)[None],
