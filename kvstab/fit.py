@@ -55,9 +55,11 @@ import numpy as np
 import optax
 from jax.scipy.special import gammaln, log_ndtr, logsumexp, ndtr, ndtri
 
+from kvstab.analytic import validate_system
 from kvstab.errors import InputError, check_number
 from kvstab.laws import JointLaw, LengthLaw, _pytree
-from kvstab.traces import Trace
+from kvstab.request import check_form, prefill_area
+from kvstab.traces import Trace, _open_text, _Rows
 
 Progress = Callable[[str, int, int, float], None]
 """``progress(label, step, max_steps, loss)``, called after every optimizer step."""
@@ -1018,9 +1020,7 @@ class CopulaLogNormal(JointLaw):
 
     def mean_g(self, chunk_tokens, form="exact"):
         """E[g(s, o)] in token·steps (PAPER.md §2); see :attr:`summation` for the method."""
-        from kvstab.analytic import _check_form
-
-        _check_form(form)
+        check_form(form)
         check_number("chunk_tokens", chunk_tokens, low=1)
         return _copula_mean_g_kernel(
             *self._kernel_args(),
@@ -1054,8 +1054,6 @@ def _copula_sample_kernel(args_s, args_o, rho, z1, e2, size_s, size_o):
 def _copula_mean_g_kernel(args_s, args_o, rho, chunk_tokens, paper, size_s, size_o):
     """(E[g], E[s·o]) with E[g] = E[prefill(s)] + E[s·o] + E[o(o+1)/2] (PAPER.md §2); the
     prefill term in the paper's closed form where ``paper`` (a traced bool), else exact."""
-    from kvstab.analytic import prefill_area
-
     cells_s = _marginal_cells(*args_s, size_s)
     cells_o = _marginal_cells(*args_o, size_o)
     # The inner thresholds come from the cells already computed (no second copy in the graph).
@@ -1462,8 +1460,6 @@ def fit_lengths(
         progress: optional callback.
         qq_points: number of quantile levels in ``qq``.
     """
-    from kvstab.analytic import validate_system
-
     validate_system(kv_capacity_tokens, chunk_tokens, batch_time_s)
     train, test = trace.split(train_frac)
     fit = fit_copula_lognormal(
@@ -1549,8 +1545,6 @@ def read_batch_log(path: str | os.PathLike, columns: Mapping[str, str] | None = 
         path: CSV file (gzip recognised by its first bytes).
         columns: the file's names for the canonical columns, if different.
     """
-    from kvstab.traces import _open_text, _Rows
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError("batch_log", f"cannot read {path}: no such file")
