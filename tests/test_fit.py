@@ -260,11 +260,11 @@ def test_mmpp_likelihood_sampling_and_fit():
     # JAX forward algorithm (float32, scaled) vs the float64 NumPy twin on the first 500 gaps.
     x = gaps[:500]
     scale = x.mean()
-    params = fit._MMPPParams(
+    params = fit.arrivals._MMPPParams(
         jnp.log(jnp.array([1.0, 8.0]) * scale), jnp.log(jnp.array([0.2, 0.8]) * scale)
     )
     jax_ll = float(
-        jnp.sum(fit._mmpp_loglik_terms(params, jnp.asarray(x / scale)))
+        jnp.sum(fit.arrivals._mmpp_loglik_terms(params, jnp.asarray(x / scale)))
     ) - x.size * math.log(scale)
     assert jax_ll == pytest.approx(fit.mmpp2_loglik_reference((1.0, 8.0), (0.2, 0.8), x), rel=1e-4)
     fits = fit.fit_arrivals(gaps)
@@ -321,10 +321,10 @@ def test_copula_recovery(copula_data):
 
 def test_copula_loss_gradient_matches_finite_differences(copula_data):
     s, o = copula_data
-    vg, _ = fit._compiled(fit._copula_loss)
-    data = fit._loss_data(s, o, s.max(), o.max())
+    vg, _ = fit._optim._compiled(fit.lengths._copula_loss)
+    data = fit.lengths._loss_data(s, o, s.max(), o.max())
     f32 = lambda v: jnp.asarray([v], jnp.float32)  # noqa: E731
-    p = fit._CopulaParams(
+    p = fit.lengths._CopulaParams(
         f32(6.3), f32(-0.1), f32(0.0), f32(5.0), f32(0.1), f32(0.0), jnp.float32(0.3)
     )
     _, grad = vg(p, data)
@@ -384,7 +384,7 @@ def test_batch_time_recovery(tmp_path):
             for a, b, k, t in zip(prefill, decode, kv, d.tolist(), strict=True)
         )
     )
-    f = fit.fit_batch_time(fit.read_batch_log(path))
+    f = fit.fit_batch_log(fit.read_batch_log(path))
     for got, want in zip(f.coefficients, c, strict=True):
         assert rel(got, want) < 0.05, (f.coefficients, c)
     e = f.estimators
