@@ -14,7 +14,7 @@ sigma) are leaves, so ``jax.grad`` of anything computed from a law (e.g. the cri
 (bounds, caps, empirical samples, truncation points) are static.
 
 A *joint* law of (s, o) is :class:`Independent` (two marginals) or :class:`JointEmpirical`
-(pairs from a trace, which keeps their correlation); :mod:`kvstab.fit` adds fitted
+(pairs from a trace, which keeps their correlation); :mod:`kvstab.fit.lengths` adds fitted
 parametric joint laws with the same interface.
 
 Command-line forms (``parse_law``)::
