@@ -1,7 +1,8 @@
 """Closed forms of the paper (PAPER.md §2–3), in pure ``jax.numpy`` so that they differentiate.
 
 * g(s, o): area under one request's KV-memory curve, token·steps (PAPER.md §2), in the
-  paper's closed form and in the exact form for any chunk size ŝ.
+  paper's closed form and in the exact form for any chunk size ŝ (defined with the rest of
+  a request's life in :mod:`kvstab.request`, re-exported here).
 * E[g] over a workload law: exact sums for finite support, truncated summation with a stated
   tail bound for unbounded laws (:mod:`kvstab.laws`).
 * μ = M / (b̄·E[g]) (critical rate, §3); δ = ess sup(s+o) / M; μ(1−δ) (Theorem 4.2);
