@@ -1,7 +1,8 @@
 """Closed forms of the paper (PAPER.md §2–3), in pure ``jax.numpy`` so that they differentiate.
 
 * g(s, o): area under one request's KV-memory curve, token·steps (PAPER.md §2), in the
-  paper's closed form and in the exact form for any chunk size ŝ.
+  paper's closed form and in the exact form for any chunk size ŝ (defined with the rest of
+  a request's life in :mod:`kvstab.request`, re-exported here).
 * E[g] over a workload law: exact sums for finite support, truncated summation with a stated
   tail bound for unbounded laws (:mod:`kvstab.laws`).
 * μ = M / (b̄·E[g]) (critical rate, §3); δ = ess sup(s+o) / M; μ(1−δ) (Theorem 4.2);
@@ -24,51 +25,21 @@ import numpy as np
 from kvstab.errors import InputError, check_number
 from kvstab.laws import JointLaw, LengthLaw, as_joint
 
-G_FORMS = ("exact", "paper")
-
-
-def _check_form(form: str) -> None:
-    if form not in G_FORMS:
-        raise InputError("g_form", f"must be one of {', '.join(G_FORMS)}, got {form!r}")
-
-
-def prefill_area(s, chunk_tokens, form: str = "exact"):
-    """Memory area of the prefill phase, token·steps.
-
-    exact: Σ_{j=1}^{⌈s/ŝ⌉} min(j ŝ, s) = ŝ·c(c−1)/2 + s with c = ⌈s/ŝ⌉ (PAPER.md §2);
-    paper: (1 + s/ŝ)·s/2, which equals the exact sum when ŝ divides s.
-    """
-    _check_form(form)
-    s = jnp.asarray(s, jnp.result_type(float))
-    if form == "paper":
-        return (1.0 + s / chunk_tokens) * s / 2.0
-    c = jnp.ceil(s / chunk_tokens)
-    return chunk_tokens * c * (c - 1.0) / 2.0 + s
-
-
-def g(s, o, chunk_tokens, form: str = "exact"):
-    """Lifetime memory g(s, o) in token·steps (PAPER.md §2), elementwise.
-
-    g = prefill area + s·o (prompt held during decode) + o(o+1)/2 (decode accumulation).
-    """
-    s = jnp.asarray(s, jnp.result_type(float))
-    o = jnp.asarray(o, jnp.result_type(float))
-    return prefill_area(s, chunk_tokens, form) + s * o + o * (o + 1.0) / 2.0
-
-
-def g_exact(s, o, chunk_tokens):
-    """Exact g for any chunk size: the area a simulator measures."""
-    return g(s, o, chunk_tokens, "exact")
-
-
-def g_paper(s, o, chunk_tokens):
-    """The paper's closed form [(1 + s/ŝ)s + 2os + (1 + o)o]/2."""
-    return g(s, o, chunk_tokens, "paper")
+# g, its forms and the prefill area live in kvstab.request, the bottom module; they are
+# re-exported so that ``kvstab.analytic.g_exact`` and the like keep working.
+from kvstab.request import (  # noqa: F401
+    G_FORMS,
+    check_form,
+    g,
+    g_exact,
+    g_paper,
+    prefill_area,
+)
 
 
 def mean_g(workload: JointLaw, chunk_tokens: int, form: str = "exact"):
     """E[g(s, o)] under a joint law, token·steps. See ``workload.summation`` for the method."""
-    _check_form(form)
+    check_form(form)
     check_number("chunk_tokens", chunk_tokens, low=1, integer=True)
     return workload.mean_g(int(chunk_tokens), form)
 
@@ -184,7 +155,7 @@ def capacity(
     """
     joint = as_joint(workload, output)
     validate_system(kv_capacity_tokens, chunk_tokens, batch_time_s)
-    _check_form(g_form)
+    check_form(g_form)
     if rate_per_s is not None:
         check_number("rate_per_s", rate_per_s, low=0)
     check_number("utilization", utilization, low=0, high=1, low_open=True)
@@ -192,7 +163,8 @@ def capacity(
     if joint.max_total > kv_capacity_tokens:
         raise InputError(
             "workload",
-            f"ess sup(s+o) = {joint.max_total} exceeds kv_capacity_tokens M = {kv_capacity_tokens}: "
+            f"ess sup(s+o) = {joint.max_total} exceeds kv_capacity_tokens "
+            f"M = {kv_capacity_tokens}: "
             "such a request can never be served; need max(s+o) <= M",
         )
     eg = float(mean_g(joint, chunk_tokens, g_form))

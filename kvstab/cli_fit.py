@@ -233,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
     batch = None
     if args.batch_log:
         say("  fitting the batch-time model ...")
-        batch = fit.fit_batch_time(
+        batch = fit.fit_batch_log(
             fit.read_batch_log(args.batch_log), steps=args.steps, progress=progress
         )
         if progress is not None:

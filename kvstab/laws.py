@@ -14,7 +14,7 @@ sigma) are leaves, so ``jax.grad`` of anything computed from a law (e.g. the cri
 (bounds, caps, empirical samples, truncation points) are static.
 
 A *joint* law of (s, o) is :class:`Independent` (two marginals) or :class:`JointEmpirical`
-(pairs from a trace, which keeps their correlation); :mod:`kvstab.fit` adds fitted
+(pairs from a trace, which keeps their correlation); :mod:`kvstab.fit.lengths` adds fitted
 parametric joint laws with the same interface.
 
 Command-line forms (``parse_law``)::
@@ -39,6 +39,7 @@ import numpy as np
 from jax.scipy.special import ndtr
 
 from kvstab.errors import InputError, check_number
+from kvstab.request import g, prefill_area
 
 # Unbounded laws are summed exactly over 1..N with N the (1 - TAIL_MASS) quantile; the
 # ignored tail must carry less than TAIL_MOMENT_REL of the second moment, else a cap is
@@ -245,7 +246,7 @@ class Geometric(LengthLaw):
 @_pytree(static=("cap", "_truncation"), leaves=("median", "sigma"))
 @dataclasses.dataclass(frozen=True, repr=False)
 class LogNormal(LengthLaw):
-    """``max(1, round(exp(N(ln median, sigma²))))``, capped at ``min(cap, ·)`` when a cap is given."""
+    """``max(1, round(exp(N(ln median, sigma²))))``, capped at ``min(cap, ·)`` if a cap is given."""
 
     median: Any
     sigma: Any
@@ -428,8 +429,6 @@ class Independent(JointLaw):
 
     def mean_g(self, chunk_tokens, form="exact"):
         # E[g] = E[prefill(s)] + E[s] E[o] + E[o (o + 1) / 2]   (PAPER.md §2, by independence)
-        from kvstab.analytic import prefill_area
-
         e_prefill = self.prompt.expect(lambda s: prefill_area(s, chunk_tokens, form))
         e_s = self.prompt.mean()
         e_o = self.output.mean()
@@ -489,8 +488,6 @@ class JointEmpirical(JointLaw):
         )
 
     def mean_g(self, chunk_tokens, form="exact"):
-        from kvstab.analytic import g
-
         s = jnp.asarray(self.prompts, jnp.result_type(float))
         o = jnp.asarray(self.outputs, jnp.result_type(float))
         return jnp.mean(g(s, o, chunk_tokens, form))
@@ -513,7 +510,10 @@ def as_joint(prompt_or_joint, output: LengthLaw | None = None) -> JointLaw:
 
 def parse_law(text: str, field: str = "law") -> LengthLaw:
     """Parse a compact law string (see module docstring); errors name ``field``."""
-    forms = "const:V, uniform:A:B, geometric:MEAN[:CAP], lognormal:MEDIAN:SIGMA[:CAP], empirical:V1,V2,..."
+    forms = (
+        "const:V, uniform:A:B, geometric:MEAN[:CAP], lognormal:MEDIAN:SIGMA[:CAP], "
+        "empirical:V1,V2,..."
+    )
     if not isinstance(text, str) or ":" not in text:
         raise InputError(field, f"cannot parse law {text!r}; expected one of {forms}")
     kind, _, rest = text.strip().partition(":")

@@ -1,60 +1,54 @@
 """Summaries of simulator output: throughput with confidence intervals, queue drift, waits.
 
 All functions take numpy arrays from a :class:`kvstab.simulate.SimResult` (or from block
-outputs) and return plain floats / arrays. Confidence intervals are 95 % Student-t intervals
-over independent trajectories; with one trajectory, over batch means of its post-warm-up
-blocks (10 batches).
+outputs) and return plain floats / arrays. Confidence intervals are Student-t intervals (95 %
+unless a level is given) over independent trajectories; with one trajectory, over batch means
+of its post-warm-up blocks (10 batches). :func:`mean_ci` is the package's one interval.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
-
-# Two-sided 97.5 % Student-t quantiles; beyond 30 degrees of freedom the normal 1.96 suffices
-# to the third digit.
-_T975 = {
-    1: 12.706,
-    2: 4.303,
-    3: 3.182,
-    4: 2.776,
-    5: 2.571,
-    6: 2.447,
-    7: 2.365,
-    8: 2.306,
-    9: 2.262,
-    10: 2.228,
-    12: 2.179,
-    15: 2.131,
-    20: 2.086,
-    25: 2.060,
-    30: 2.042,
-}
+from scipy.special import stdtrit
 
 
-def t_quantile_975(dof: int) -> float:
-    """Two-sided 95 % Student-t critical value for ``dof`` degrees of freedom."""
-    if dof < 1:
-        return math.inf
-    if dof > 30:
-        return 1.96 + 2.4 / dof  # within 0.3 % of the exact value
-    keys = sorted(_T975)
-    for lo, hi in zip(keys, keys[1:], strict=False):
-        if lo <= dof <= hi:
-            w = (dof - lo) / (hi - lo)
-            return _T975[lo] * (1 - w) + _T975[hi] * w
-    return _T975[dof]
+class MeanCI(NamedTuple):
+    """A sample mean and the bounds of its Student-t confidence interval (units of the data)."""
+
+    mean: float
+    low: float
+    high: float
 
 
-def mean_ci(x: np.ndarray) -> tuple[float, float, float]:
-    """Mean and 95 % CI of independent samples (nan-free). Returns (mean, low, high)."""
+def t_quantile(p: float, dof: int) -> float:
+    """The p-quantile of Student's t with ``dof`` degrees of freedom (exact; inf if dof < 1)."""
+    return float(stdtrit(dof, p)) if dof >= 1 else math.inf
+
+
+def standard_error(x: np.ndarray) -> float:
+    """Standard error of the mean of independent samples, s/√n (nan for fewer than 2)."""
+    x = np.asarray(x, np.float64).ravel()
+    return float(x.std(ddof=1)) / math.sqrt(x.size) if x.size >= 2 else math.nan
+
+
+def mean_ci(x: np.ndarray, alpha: float = 0.025) -> MeanCI:
+    """Mean and (1 − 2α) Student-t interval of independent samples (nan-free).
+
+    The default α = 0.025 is the two-sided 95 % interval; α is also the one-sided level of
+    the test "mean > low" (or "mean < high"), the form the stability drift tests use.
+
+    Returns:
+        ``MeanCI(mean, low, high)``; low and high are nan for fewer than 2 samples.
+    """
     x = np.asarray(x, np.float64).ravel()
     m = float(x.mean())
     if x.size < 2:
-        return m, math.nan, math.nan
-    h = t_quantile_975(x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
-    return m, m - h, m + h
+        return MeanCI(m, math.nan, math.nan)
+    h = t_quantile(1.0 - alpha, x.size - 1) * standard_error(x)
+    return MeanCI(m, m - h, m + h)
 
 
 def warmup_blocks(num_blocks: int, warmup_frac: float) -> int:

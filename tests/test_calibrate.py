@@ -100,7 +100,7 @@ def test_linear_coefficients_recovered():
 
     c0 and c_d are recovered within 5 % (measured +0.01 % and -2.8 %). c_p and c_kv carry
     ~3 % and ~1 % of a batch's time here and completion times alone barely constrain them
-    (measured +5 % and +59 %); per-batch timing logs pin all four (kvstab.fit.fit_batch_time).
+    (measured +5 % and +59 %); per-batch timing logs pin all four (kvstab.fit.fit_batch_log).
     """
     rng = np.random.default_rng(0)
     t, arr = 0.0, []
