@@ -140,7 +140,7 @@ def run(cfg: dict, progress: Progress):
             "mu_theory: closed form under the law fitted on the first 80 % of the requests; "
             "mu_sim: kvstab simulation (saturated replica) of the last 20 %'s lengths, not a "
             "GPU measurement.",
-            "b̄ = 0.0372 s (the 1:1 workload's) is assumed; the trace has no batch timings.",
+            f"b̄ = {b} s (the 1:1 workload's) is assumed; the trace has no batch timings.",
         ],
     }
 
