@@ -4,12 +4,12 @@ The paper's batch-time figures are GPU measurements, which cannot be rerun here.
 regenerates their analogues from its own batch-time models, and every figure says so:
 
 * Figures 1 and 5: the linear model b = c₀ + c_p·P + c_d·D + c_kv·KV
-  (:data:`kvstab.reproduce.LINEAR_COEFS`, illustrative coefficients) inside a simulation, so
+  (``LINEAR_COEFS`` in ``_common.py``, illustrative coefficients) inside a simulation, so
   batch times respond to the batch's prefill/decode tokens and resident KV: the 1:1 workload
   (Figure 1) and P/D 2:1 and 4:1 (Figure 5), each at λ ∈ {1, 2, 3, 5} req/s (λ = 5 overloads
   every workload; per-step batch times after warm-up, pooled over trajectories).
 * Figures 7 and 8: the heavy-tailed two-point random model of Table 4
-  (:data:`kvstab.reproduce.HEAVY_TAIL`, ~30 % slow batches) and the same after 5 % and 10 %
+  (``HEAVY_TAIL`` in ``_common.py``, ~30 % slow batches) and the same after 5 % and 10 %
   trimming, with the b̄ estimators marked.
 
 Usage: python experiments/batch_time_figs.py [--quick] [--force] [--results DIR]
@@ -17,9 +17,12 @@ Usage: python experiments/batch_time_figs.py [--quick] [--force] [--results DIR]
 
 from __future__ import annotations
 
+import _common as ex
 import numpy as np
 
+from kvstab import paper
 from kvstab import reproduce as rp
+from kvstab.progress import Progress
 
 NAME = "batch_time_figs"
 ORDER = 70
@@ -31,25 +34,25 @@ def config(quick: bool) -> dict:
         "seed": 8,
         "workloads": ["1:1", "2:1", "4:1"],
         "rates_per_s": [1.0, 2.0, 3.0, 5.0],
-        "linear_coefs": list(rp.LINEAR_COEFS),
-        "kv_capacity_tokens": rp.KV_CAPACITY_TOKENS,
-        "chunk_tokens": rp.CHUNK_TOKENS,
-        "num_steps": rp.pick(quick, 4000, 20000),
-        "trajectories_per_rate": rp.pick(quick, 2, 16),
+        "linear_coefs": list(ex.LINEAR_COEFS),
+        "kv_capacity_tokens": paper.KV_CAPACITY_TOKENS,
+        "chunk_tokens": paper.CHUNK_TOKENS,
+        "num_steps": ex.pick(quick, 4000, 20000),
+        "trajectories_per_rate": ex.pick(quick, 2, 16),
         "warmup_frac": 0.25,
-        "heavy_tail": dict(rp.HEAVY_TAIL),
+        "heavy_tail": dict(ex.HEAVY_TAIL),
         "num_batch_samples": 10000,
         "heavy_tail_seed": 4 + 7,  # the same draws as Table 4's estimators
     }
 
 
-def run(cfg: dict, progress: rp.Progress) -> dict:
+def run(cfg: dict, progress: Progress) -> dict:
     from kvstab.sim import LinearBatchTime, Outputs, Poisson, System, Workload, simulate
 
-    laws = {w: rp.law_for(w) for w in cfg["workloads"]}
+    laws = {w: paper.law_for(w) for w in cfg["workloads"]}
     n = cfg["trajectories_per_rate"]
     rates = np.repeat(np.asarray(cfg["rates_per_s"], np.float64), n)
-    sizes = rp.shared_sizes(
+    sizes = ex.shared_sizes(
         list(laws.values()),
         num_steps=cfg["num_steps"],
         saturated=False,
@@ -84,7 +87,7 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
             per_rate.append(
                 {
                     "rate_per_s": lam,
-                    "ecdf": rp.ecdf_points(x, num=400),
+                    "ecdf": ex.ecdf_points(x, num=400),
                     "mean_s": float(x.mean()),
                     "median_s": float(np.median(x)),
                     "p90_s": float(np.quantile(x, 0.9)),
@@ -115,7 +118,7 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
     trimmed = {}
     for frac in (0.05, 0.10):
         cut = int(np.floor(frac * srt.size))
-        trimmed[f"{int(frac * 100)}"] = rp.ecdf_points(srt[cut : srt.size - cut], num=400)
+        trimmed[f"{int(frac * 100)}"] = ex.ecdf_points(srt[cut : srt.size - cut], num=400)
     edges = np.geomspace(srt[0] * 0.95, srt[-1] * 1.05, 61)
     counts, _ = np.histogram(times, bins=edges)
     return {
@@ -124,7 +127,7 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
         "heavy_tail": {
             "model": ht,
             "num_samples": int(times.size),
-            "ecdf": rp.ecdf_points(times, num=400),
+            "ecdf": ex.ecdf_points(times, num=400),
             "trimmed_ecdf": trimmed,
             "hist_edges_s": edges,
             "hist_counts": counts,

@@ -10,9 +10,12 @@ Usage: python experiments/fig2_queue_one_gpu.py [--quick] [--force] [--results D
 
 from __future__ import annotations
 
+import _common as ex
 import numpy as np
 
+from kvstab import paper
 from kvstab import reproduce as rp
+from kvstab.progress import Progress
 
 NAME = "fig2_queue_one_gpu"
 ORDER = 60
@@ -25,19 +28,19 @@ def config(quick: bool) -> dict:
         "workload": "1:1",
         "rates_per_s": [1.0, 3.0, 5.0, 20.0, 50.0],
         "num_replicas": 1,
-        "kv_capacity_tokens": rp.KV_CAPACITY_TOKENS,
-        "chunk_tokens": rp.CHUNK_TOKENS,
-        "num_steps": rp.pick(quick, 8000, 32000),
-        "trajectories_per_rate": rp.pick(quick, 6, 64),
+        "kv_capacity_tokens": paper.KV_CAPACITY_TOKENS,
+        "chunk_tokens": paper.CHUNK_TOKENS,
+        "num_steps": ex.pick(quick, 8000, 32000),
+        "trajectories_per_rate": ex.pick(quick, 6, 64),
         "warmup_frac": 0.25,
     }
 
 
-def run(cfg: dict, progress: rp.Progress) -> dict:
+def run(cfg: dict, progress: Progress) -> dict:
     return queue_experiment(cfg, progress)
 
 
-def queue_experiment(cfg: dict, progress: rp.Progress) -> dict:
+def queue_experiment(cfg: dict, progress: Progress) -> dict:
     from kvstab.sim import (
         Cluster,
         ConstantBatchTime,
@@ -48,8 +51,8 @@ def queue_experiment(cfg: dict, progress: rp.Progress) -> dict:
         simulate,
     )
 
-    law = rp.law_for(cfg["workload"])
-    b = rp.WORKLOADS[cfg["workload"]]["batch_time_s"]
+    law = paper.law_for(cfg["workload"])
+    b = paper.WORKLOADS[cfg["workload"]]["batch_time_s"]
     rates = np.repeat(np.asarray(cfg["rates_per_s"], np.float64), cfg["trajectories_per_rate"])
     progress(
         f"{len(cfg['rates_per_s'])} rates x {cfg['trajectories_per_rate']} trajectories "
@@ -65,8 +68,8 @@ def queue_experiment(cfg: dict, progress: rp.Progress) -> dict:
         warmup_frac=cfg["warmup_frac"],
         progress=progress.sim("simulate"),
     )
-    th = rp.mu_theory(law, b)
-    out = rp.queue_series(res, cfg["rates_per_s"])
+    th = ex.mu_theory(law, b)
+    out = ex.queue_series(res, cfg["rates_per_s"])
     out.update(
         {
             "mu_theory": cfg["num_replicas"] * th["mu"],

@@ -11,9 +11,11 @@ Usage: python experiments/fig3_trace_lengths.py [--quick] [--force] [--results D
 
 from __future__ import annotations
 
+import _common as ex
 import numpy as np
 
 from kvstab import reproduce as rp
+from kvstab.progress import Progress
 
 NAME = "fig3_trace_lengths"
 ORDER = 63
@@ -25,14 +27,14 @@ def config(quick: bool) -> dict:
     path = rp.find_trace(TRACE_FILE)
     return {
         "seed": 0,
-        "trace": rp.file_fingerprint(path) if path else {"file": TRACE_FILE, "missing": True},
+        "trace": ex.file_fingerprint(path) if path else {"file": TRACE_FILE, "missing": True},
         "train_frac": 0.8,
         "num_bins": 60,
         "joint_grid": 80,
     }
 
 
-def run(cfg: dict, progress: rp.Progress):
+def run(cfg: dict, progress: Progress):
     from kvstab import traces
 
     path = rp.find_trace(TRACE_FILE)
@@ -60,9 +62,9 @@ def run(cfg: dict, progress: rp.Progress):
         out[name] = {
             "hist_edges": edges,
             "hist_counts": counts,
-            "ecdf_all": rp.ecdf_points(v, num=300),
-            "ecdf_train": rp.ecdf_points(vtr, num=300),
-            "ecdf_test": rp.ecdf_points(vte, num=300),
+            "ecdf_all": ex.ecdf_points(v, num=300),
+            "ecdf_train": ex.ecdf_points(vtr, num=300),
+            "ecdf_test": ex.ecdf_points(vte, num=300),
             "mean": float(v.mean()),
             "median": float(np.median(v)),
             "max": float(v.max()),

@@ -10,7 +10,11 @@ Usage: python experiments/fig4_queue_eight_gpus.py [--quick] [--force] [--result
 
 from __future__ import annotations
 
+import _common as ex
+
+from kvstab import paper
 from kvstab import reproduce as rp
+from kvstab.progress import Progress
 
 NAME = "fig4_queue_eight_gpus"
 ORDER = 61
@@ -24,15 +28,15 @@ def config(quick: bool) -> dict:
         "rates_per_s": [8.0, 24.0, 40.0, 160.0, 400.0],
         "num_replicas": 8,
         "router": "round_robin",
-        "kv_capacity_tokens": rp.KV_CAPACITY_TOKENS,
-        "chunk_tokens": rp.CHUNK_TOKENS,
-        "num_steps": rp.pick(quick, 8000, 32000),
-        "trajectories_per_rate": rp.pick(quick, 3, 32),
+        "kv_capacity_tokens": paper.KV_CAPACITY_TOKENS,
+        "chunk_tokens": paper.CHUNK_TOKENS,
+        "num_steps": ex.pick(quick, 8000, 32000),
+        "trajectories_per_rate": ex.pick(quick, 3, 32),
         "warmup_frac": 0.25,
     }
 
 
-def run(cfg: dict, progress: rp.Progress) -> dict:
+def run(cfg: dict, progress: Progress) -> dict:
     fig2 = rp.sibling(__file__, "fig2_queue_one_gpu")  # the same experiment, 8 replicas
     return fig2.queue_experiment(cfg, progress)
 

@@ -12,10 +12,12 @@ Usage: python experiments/fig6_waiting_cdf.py [--quick] [--force] [--results DIR
 
 from __future__ import annotations
 
+import _common as ex
 import numpy as np
 
-from kvstab import metrics
+from kvstab import metrics, paper
 from kvstab import reproduce as rp
+from kvstab.progress import Progress
 
 NAME = "fig6_waiting_cdf"
 ORDER = 62
@@ -27,11 +29,11 @@ def config(quick: bool) -> dict:
         "seed": 7,
         "workload": "1:1",
         "rates_per_s": [2.0, 3.387, 4.0, 5.0],
-        "kv_capacity_tokens": rp.KV_CAPACITY_TOKENS,
-        "chunk_tokens": rp.CHUNK_TOKENS,
-        "num_steps": rp.pick(quick, 12000, 48000),
-        "trajectories_per_rate": rp.pick(quick, 6, 64),
-        "num_records": rp.pick(quick, 1000, 4000),
+        "kv_capacity_tokens": paper.KV_CAPACITY_TOKENS,
+        "chunk_tokens": paper.CHUNK_TOKENS,
+        "num_steps": ex.pick(quick, 12000, 48000),
+        "trajectories_per_rate": ex.pick(quick, 6, 64),
+        "num_records": ex.pick(quick, 1000, 4000),
         "warmup_frac": 0.25,
         # only requests that arrived in the first 80 % of the run: the last ones have not
         # had time to finish, which would censor the latency CDF
@@ -39,11 +41,11 @@ def config(quick: bool) -> dict:
     }
 
 
-def run(cfg: dict, progress: rp.Progress) -> dict:
+def run(cfg: dict, progress: Progress) -> dict:
     from kvstab.sim import ConstantBatchTime, Outputs, Poisson, System, Workload, simulate
 
-    law = rp.law_for(cfg["workload"])
-    b = rp.WORKLOADS[cfg["workload"]]["batch_time_s"]
+    law = paper.law_for(cfg["workload"])
+    b = paper.WORKLOADS[cfg["workload"]]["batch_time_s"]
     n = cfg["trajectories_per_rate"]
     rates = np.repeat(np.asarray(cfg["rates_per_s"], np.float64), n)
     progress(
@@ -72,7 +74,7 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
             x = np.where(arrived, rec[key][rows], np.nan)
             # censored: arrived but the event did not happen by the end of the run
             cens = np.where(arrived & ~np.isfinite(rec[key][rows]), np.inf, x)
-            e = rp.ecdf_points(cens[arrived], num=300)
+            e = ex.ecdf_points(cens[arrived], num=300)
             med = np.nanmedian(np.where(np.isinf(cens), np.nan, cens), axis=1)
             m, lo, hi = (
                 metrics.mean_ci(med[np.isfinite(med)])
@@ -88,7 +90,7 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
             np.nanmax(np.where(arrived, rec["arrival_s"][rows], np.nan))
         )
         series.append(entry)
-    th = rp.mu_theory(law, b)
+    th = ex.mu_theory(law, b)
     return {
         "series": series,
         "horizon_s": horizon,

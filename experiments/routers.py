@@ -12,10 +12,12 @@ Usage: python experiments/routers.py [--quick] [--force] [--results DIR]
 
 from __future__ import annotations
 
+import _common as ex
 import numpy as np
 
-from kvstab import metrics
+from kvstab import metrics, paper
 from kvstab import reproduce as rp
+from kvstab.progress import Progress
 
 NAME = "routers"
 ORDER = 70
@@ -29,17 +31,17 @@ def config(quick: bool) -> dict:
         "workload": "1:1",
         "num_replicas": 8,
         "routers": ROUTERS,
-        "kv_capacity_tokens": rp.KV_CAPACITY_TOKENS,
-        "chunk_tokens": rp.CHUNK_TOKENS,
+        "kv_capacity_tokens": paper.KV_CAPACITY_TOKENS,
+        "chunk_tokens": paper.CHUNK_TOKENS,
         "load_factors": [0.7, 0.8, 0.9, 0.95, 0.98],
-        "num_steps": rp.pick(quick, 6000, 32000),
-        "trajectories_per_load": rp.pick(quick, 4, 32),
-        "num_records": rp.pick(quick, 300, 2000),
+        "num_steps": ex.pick(quick, 6000, 32000),
+        "trajectories_per_load": ex.pick(quick, 4, 32),
+        "num_records": ex.pick(quick, 300, 2000),
         "warmup_frac": 0.25,
     }
 
 
-def run(cfg: dict, progress: rp.Progress) -> dict:
+def run(cfg: dict, progress: Progress) -> dict:
     from kvstab.sim import (
         Cluster,
         ConstantBatchTime,
@@ -51,10 +53,10 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
         simulate,
     )
 
-    law = rp.law_for(cfg["workload"])
-    b = rp.WORKLOADS[cfg["workload"]]["batch_time_s"]
+    law = paper.law_for(cfg["workload"])
+    b = paper.WORKLOADS[cfg["workload"]]["batch_time_s"]
     g = cfg["num_replicas"]
-    th = rp.mu_theory(law, b)
+    th = ex.mu_theory(law, b)
     n = cfg["trajectories_per_load"]
     loads = np.asarray(cfg["load_factors"], np.float64)
     rates = np.repeat(loads * g * th["mu"], n)

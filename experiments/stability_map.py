@@ -12,9 +12,12 @@ Usage: python experiments/stability_map.py [--quick] [--force] [--results DIR]
 
 from __future__ import annotations
 
+import _common as ex
 import numpy as np
 
+from kvstab import paper
 from kvstab import reproduce as rp
+from kvstab.progress import Progress
 
 NAME = "stability_map"
 ORDER = 80
@@ -25,33 +28,45 @@ def config(quick: bool) -> dict:
     return {
         "seed": 9,
         "workload": "1:1",
-        "kv_capacity_tokens": rp.pick(
+        "kv_capacity_tokens": ex.pick(
             quick,
-            [16000, 24000, 32000, 48000, 64000, 96000, 131000],
-            [12000, 16000, 20000, 24000, 32000, 40000, 48000, 64000, 80000, 96000, 131000],
+            [16000, 24000, 32000, 48000, 64000, 96000, paper.KV_CAPACITY_TOKENS],
+            [
+                12000,
+                16000,
+                20000,
+                24000,
+                32000,
+                40000,
+                48000,
+                64000,
+                80000,
+                96000,
+                paper.KV_CAPACITY_TOKENS,
+            ],
         ),
-        "rate_factors": rp.pick(
+        "rate_factors": ex.pick(
             quick,
             [0.7, 0.8, 0.86, 0.92, 0.97, 1.02, 1.08, 1.16, 1.3],
             list(np.round(np.linspace(0.6, 1.4, 21), 3)),
         ),
-        "chunk_tokens": rp.CHUNK_TOKENS,
+        "chunk_tokens": paper.CHUNK_TOKENS,
         # small M serves few requests per step: the horizon must be long for them
-        "num_steps": rp.pick(quick, 16000, 64000),
-        "trajectories_per_cell": rp.pick(quick, 3, 12),
+        "num_steps": ex.pick(quick, 16000, 64000),
+        "trajectories_per_cell": ex.pick(quick, 3, 12),
         "warmup_frac": 0.25,
     }
 
 
-def run(cfg: dict, progress: rp.Progress) -> dict:
+def run(cfg: dict, progress: Progress) -> dict:
     from kvstab.sim import ConstantBatchTime, Poisson, System, Workload, simulate
 
-    law = rp.law_for(cfg["workload"])
-    b = rp.WORKLOADS[cfg["workload"]]["batch_time_s"]
+    law = paper.law_for(cfg["workload"])
+    b = paper.WORKLOADS[cfg["workload"]]["batch_time_s"]
     Ms = np.asarray(cfg["kv_capacity_tokens"], np.int64)
     f = np.asarray(cfg["rate_factors"], np.float64)
     n = cfg["trajectories_per_cell"]
-    th = [rp.mu_theory(law, b, kv_capacity_tokens=int(m)) for m in Ms]
+    th = [ex.mu_theory(law, b, kv_capacity_tokens=int(m)) for m in Ms]
     mu = np.array([t["mu"] for t in th])
     # trajectory order: (M, rate, replicate)
     M_traj = np.repeat(Ms, f.size * n)
@@ -72,7 +87,7 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
     lam = lam_traj.reshape(Ms.size, f.size, n)
     boundaries = []
     for i in range(Ms.size):
-        bnd = rp.hinge_boundary(lam[i].ravel(), cells[i].ravel(), seed=cfg["seed"] + i)
+        bnd = ex.hinge_boundary(lam[i].ravel(), cells[i].ravel(), seed=cfg["seed"] + i)
         boundaries.append({"mean": bnd["mean"], "ci": bnd["ci"]})
     return {
         "kv_capacity_tokens": Ms,
@@ -86,7 +101,7 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
         "delta": np.array([t["delta"] for t in th]),
         "lambda_star": [bd["mean"] for bd in boundaries],
         "lambda_star_ci": [bd["ci"] for bd in boundaries],
-        "lambda_star_method": rp.hinge_boundary.__doc__.split("\n")[0],
+        "lambda_star_method": ex.hinge_boundary.__doc__.split("\n")[0],
         "batch_time_s": b,
         "law": law.spec,
         "flags": sorted({fl for fls in res.flags for fl in fls}),

@@ -15,7 +15,11 @@ Usage: python experiments/table1.py [--quick] [--force] [--results DIR]
 
 from __future__ import annotations
 
+import _common as ex
+
+from kvstab import paper
 from kvstab import reproduce as rp
+from kvstab.progress import Progress
 
 NAME = "table1"
 ORDER = 10
@@ -26,27 +30,27 @@ def config(quick: bool) -> dict:
     return {
         "seed": 1,
         "workloads": ["1:1", "2:1", "1:2"],
-        "kv_capacity_tokens": rp.KV_CAPACITY_TOKENS,
-        "chunk_tokens": rp.CHUNK_TOKENS,
+        "kv_capacity_tokens": paper.KV_CAPACITY_TOKENS,
+        "chunk_tokens": paper.CHUNK_TOKENS,
         # kvstab.stability.estimate_boundary: K rates x R replications, T steps (its saturated
         # run of K·R trajectories gives mu_sim)
-        "num_steps": rp.pick(quick, 8000, 40000),
-        "grid_points": rp.pick(quick, 6, 16),
-        "replications": rp.pick(quick, 4, 16),
+        "num_steps": ex.pick(quick, 8000, 40000),
+        "grid_points": ex.pick(quick, 6, 16),
+        "replications": ex.pick(quick, 4, 16),
         "warmup_frac": 0.25,
     }
 
 
-def run(cfg: dict, progress: rp.Progress) -> dict:
-    laws = {w: rp.law_for(w) for w in cfg["workloads"]}
-    b = {w: rp.WORKLOADS[w]["batch_time_s"] for w in cfg["workloads"]}
-    theory = {w: rp.mu_theory(laws[w], b[w]) for w in cfg["workloads"]}
+def run(cfg: dict, progress: Progress) -> dict:
+    laws = {w: paper.law_for(w) for w in cfg["workloads"]}
+    b = {w: paper.WORKLOADS[w]["batch_time_s"] for w in cfg["workloads"]}
+    theory = {w: ex.mu_theory(laws[w], b[w]) for w in cfg["workloads"]}
     # one static configuration for all three workloads: one compilation
-    sizes = rp.boundary_sizes([(laws[w], b[w]) for w in laws], num_steps=cfg["num_steps"])
+    sizes = ex.boundary_sizes([(laws[w], b[w]) for w in laws], num_steps=cfg["num_steps"])
     rows = []
     for i, w in enumerate(cfg["workloads"]):
         progress(f"{w}: mu_sim and lambda* (b̄ = {b[w]} s)")
-        est = rp.stability_estimates(
+        est = ex.stability_estimates(
             laws[w],
             batch_time_s=b[w],
             num_steps=cfg["num_steps"],
@@ -58,22 +62,22 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
             progress=progress,
             label=w,
         )
-        rows.append(_row(w, rp.PAPER_TABLE1[i], theory[w], est, b[w], laws[w].spec))
+        rows.append(_row(w, paper.PAPER_TABLE1[i], theory[w], est, b[w], laws[w].spec))
 
     # Mixed: two long phases (2:1 then 1:2) -> harmonic mean of the phase rates.
     half = [0.5, 0.5]
     th = {
-        key: rp.harmonic_mix([theory["2:1"][key], theory["1:2"][key]], half)
+        key: ex.harmonic_mix([theory["2:1"][key], theory["1:2"][key]], half)
         for key in ("mu", "mu_paper_form", "mu_stable")
     }
     th["delta"] = max(theory["2:1"]["delta"], theory["1:2"]["delta"])
     r21, r12 = rows[1], rows[2]
 
     def mix(key):
-        return rp.harmonic_mix([r21[key], r12[key]], half)
+        return ex.harmonic_mix([r21[key], r12[key]], half)
 
     def mix_ci(key):
-        return [rp.harmonic_mix([r21[key][j], r12[key][j]], half) for j in (0, 1)]
+        return [ex.harmonic_mix([r21[key][j], r12[key][j]], half) for j in (0, 1)]
 
     est_mix = {
         "mu_sim": mix("mu_sim"),
@@ -89,7 +93,7 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
     rows.append(
         _row(
             "Mixed",
-            rp.PAPER_TABLE1[3],
+            paper.PAPER_TABLE1[3],
             th,
             est_mix,
             None,
@@ -113,14 +117,14 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
     }
 
 
-def _row(name, paper, th, est, b, spec) -> dict:
+def _row(name, published, th, est, b, spec) -> dict:
     return {
         "workload": name,
         "law": spec,
         "batch_time_s": b,
-        "paper_mu_gpu": paper["mu_gpu"],
-        "paper_mu_theory": paper["mu_theory"],
-        "paper_gap": paper["gap"],
+        "paper_mu_gpu": published["mu_gpu"],
+        "paper_mu_theory": published["mu_theory"],
+        "paper_gap": published["gap"],
         "mu_theory": th["mu"],
         "mu_theory_paper_form": th["mu_paper_form"],
         "mean_g_exact": th.get("mean_g_exact"),
@@ -132,10 +136,10 @@ def _row(name, paper, th, est, b, spec) -> dict:
         "lambda_star": est["lambda_star"],
         "lambda_star_ci": est["lambda_star_ci"],
         "lambda_star_estimator": est["lambda_star_estimator"],
-        "gap_sim_vs_theory": rp.rel_gap(est["mu_sim"], th["mu"]),
-        "gap_theory_vs_paper_gpu": rp.rel_gap(th["mu"], paper["mu_gpu"]),
-        "gap_sim_vs_paper_gpu": rp.rel_gap(est["mu_sim"], paper["mu_gpu"]),
-        "gap_lambda_star_vs_theory": rp.rel_gap(est["lambda_star"], th["mu"]),
+        "gap_sim_vs_theory": ex.rel_gap(est["mu_sim"], th["mu"]),
+        "gap_theory_vs_paper_gpu": ex.rel_gap(th["mu"], published["mu_gpu"]),
+        "gap_sim_vs_paper_gpu": ex.rel_gap(est["mu_sim"], published["mu_gpu"]),
+        "gap_lambda_star_vs_theory": ex.rel_gap(est["lambda_star"], th["mu"]),
         "detail": est["detail"],
     }
 

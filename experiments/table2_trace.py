@@ -19,9 +19,12 @@ Usage: python experiments/table2_trace.py [--quick] [--force] [--results DIR]
 
 from __future__ import annotations
 
+import _common as ex
 import numpy as np
 
+from kvstab import paper
 from kvstab import reproduce as rp
+from kvstab.progress import Progress
 
 NAME = "table2_trace"
 ORDER = 20
@@ -33,22 +36,22 @@ def config(quick: bool) -> dict:
     path = rp.find_trace(TRACE_FILE)
     return {
         "seed": 2,
-        "trace": rp.file_fingerprint(path) if path else {"file": TRACE_FILE, "missing": True},
+        "trace": ex.file_fingerprint(path) if path else {"file": TRACE_FILE, "missing": True},
         "train_frac": 0.8,
-        "fit_steps": rp.pick(quick, 100, 300),
+        "fit_steps": ex.pick(quick, 100, 300),
         "fit_components": 1,
-        "kv_capacity_tokens": rp.KV_CAPACITY_TOKENS,
-        "chunk_tokens": rp.CHUNK_TOKENS,
-        "batch_time_s": 0.0372,
+        "kv_capacity_tokens": paper.KV_CAPACITY_TOKENS,
+        "chunk_tokens": paper.CHUNK_TOKENS,
+        "batch_time_s": paper.BATCH_TIME_S,
         # kvstab.stability.estimate_boundary: K rates x R replications, T steps
-        "num_steps": rp.pick(quick, 6000, 40000),
-        "grid_points": rp.pick(quick, 6, 16),
-        "replications": rp.pick(quick, 4, 16),
+        "num_steps": ex.pick(quick, 6000, 40000),
+        "grid_points": ex.pick(quick, 6, 16),
+        "replications": ex.pick(quick, 4, 16),
         "warmup_frac": 0.25,
     }
 
 
-def run(cfg: dict, progress: rp.Progress):
+def run(cfg: dict, progress: Progress):
     from kvstab import fit, traces
 
     path = rp.find_trace(TRACE_FILE)
@@ -72,11 +75,11 @@ def run(cfg: dict, progress: rp.Progress):
     train, test = trace.split(cfg["train_frac"])
     test_law = test.joint_law()
     b = cfg["batch_time_s"]
-    th_test = rp.mu_theory(test_law, b)
+    th_test = ex.mu_theory(test_law, b)
     mu_fit = fitd["mu_fit"]
 
     progress("mu_sim and lambda* on the held-out requests' lengths")
-    est = rp.stability_estimates(
+    est = ex.stability_estimates(
         test_law,
         batch_time_s=b,
         num_steps=cfg["num_steps"],
@@ -100,10 +103,10 @@ def run(cfg: dict, progress: rp.Progress):
         "num_train": len(train),
         "num_test": len(test),
         "batch_time_s": b,
-        "paper_trace": rp.PAPER_TABLE2["trace"],
-        "paper_mu_gpu": rp.PAPER_TABLE2["mu_gpu"],
-        "paper_mu_theory": rp.PAPER_TABLE2["mu_theory"],
-        "paper_gap": rp.PAPER_TABLE2["gap"],
+        "paper_trace": paper.PAPER_TABLE2["trace"],
+        "paper_mu_gpu": paper.PAPER_TABLE2["mu_gpu"],
+        "paper_mu_theory": paper.PAPER_TABLE2["mu_theory"],
+        "paper_gap": paper.PAPER_TABLE2["gap"],
         "mean_g_fit": fitd["mean_g_fit"],
         "mean_g_train": fitd["mean_g_train"],
         "mean_g_test": fitd["mean_g_test"],
@@ -118,9 +121,9 @@ def run(cfg: dict, progress: rp.Progress):
         "lambda_star": est["lambda_star"],
         "lambda_star_ci": est["lambda_star_ci"],
         "lambda_star_estimator": est["lambda_star_estimator"],
-        "gap_theory_vs_sim": rp.rel_gap(mu_fit, est["mu_sim"]),
+        "gap_theory_vs_sim": ex.rel_gap(mu_fit, est["mu_sim"]),
         "gap_fit_vs_test_mean_g": fitd["rel_error_test"],
-        "gap_lambda_star_vs_theory": rp.rel_gap(est["lambda_star"], mu_fit),
+        "gap_lambda_star_vs_theory": ex.rel_gap(est["lambda_star"], mu_fit),
     }
     return {
         "row": row,
@@ -137,7 +140,7 @@ def run(cfg: dict, progress: rp.Progress):
             "mu_theory: closed form under the law fitted on the first 80 % of the requests; "
             "mu_sim: kvstab simulation (saturated replica) of the last 20 %'s lengths, not a "
             "GPU measurement.",
-            "b̄ = 0.0372 s (the 1:1 workload's) is assumed; the trace has no batch timings.",
+            f"b̄ = {b} s (the 1:1 workload's) is assumed; the trace has no batch timings.",
         ],
     }
 

@@ -11,9 +11,12 @@ Usage: python experiments/table3_replicas.py [--quick] [--force] [--results DIR]
 
 from __future__ import annotations
 
+import _common as ex
 import numpy as np
 
+from kvstab import paper
 from kvstab import reproduce as rp
+from kvstab.progress import Progress
 
 NAME = "table3_replicas"
 ORDER = 30
@@ -26,21 +29,21 @@ def config(quick: bool) -> dict:
         "workload": "1:1",
         "num_replicas": 8,
         "router": "round_robin",
-        "kv_capacity_tokens": rp.KV_CAPACITY_TOKENS,
-        "chunk_tokens": rp.CHUNK_TOKENS,
+        "kv_capacity_tokens": paper.KV_CAPACITY_TOKENS,
+        "chunk_tokens": paper.CHUNK_TOKENS,
         "overload_rate_per_s": 40.0,
-        "overload_steps": rp.pick(quick, 6000, 40000),
-        "overload_trajectories": rp.pick(quick, 8, 64),
-        "boundary_steps": rp.pick(quick, 6000, 40000),
-        "boundary_rate_factors": rp.pick(
+        "overload_steps": ex.pick(quick, 6000, 40000),
+        "overload_trajectories": ex.pick(quick, 8, 64),
+        "boundary_steps": ex.pick(quick, 6000, 40000),
+        "boundary_rate_factors": ex.pick(
             quick, [0.88, 0.96, 1.04, 1.12], [0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2]
         ),
-        "boundary_trajectories_per_rate": rp.pick(quick, 3, 12),
+        "boundary_trajectories_per_rate": ex.pick(quick, 3, 12),
         "warmup_frac": 0.25,
     }
 
 
-def run(cfg: dict, progress: rp.Progress) -> dict:
+def run(cfg: dict, progress: Progress) -> dict:
     from kvstab.sim import (
         Cluster,
         ConstantBatchTime,
@@ -51,10 +54,10 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
         simulate,
     )
 
-    law = rp.law_for(cfg["workload"])
-    b = rp.WORKLOADS[cfg["workload"]]["batch_time_s"]
+    law = paper.law_for(cfg["workload"])
+    b = paper.WORKLOADS[cfg["workload"]]["batch_time_s"]
     g = cfg["num_replicas"]
-    th = rp.mu_theory(law, b)
+    th = ex.mu_theory(law, b)
     progress(f"overloaded run at {cfg['overload_rate_per_s']:g} req/s on {g} replicas (mu_sim)")
     res = simulate(
         Workload(law, Poisson(cfg["overload_rate_per_s"])),
@@ -66,13 +69,13 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
         warmup_frac=cfg["warmup_frac"],
         progress=progress.sim("overloaded"),
     )
-    sat = rp.throughput_ci(res)
+    sat = ex.throughput_ci(res)
     sat["method"] = (
         f"post-warm-up completions/s of the {g}-replica cluster at "
         f"{cfg['overload_rate_per_s']:g} req/s (> 8 mu); 95 % t interval over trajectories"
     )
     progress("lambda grid around 8 mu (lambda*)")
-    bnd = rp.boundary(
+    bnd = ex.boundary(
         law,
         batch_time_s=b,
         rate_grid=g * th["mu"] * np.asarray(cfg["boundary_rate_factors"]),
@@ -89,9 +92,9 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
         "num_replicas": g,
         "router": cfg["router"],
         "batch_time_s": b,
-        "paper_mu_gpu": rp.PAPER_TABLE3["mu_gpu"],
-        "paper_mu_theory": rp.PAPER_TABLE3["mu_theory"],
-        "paper_gap": rp.PAPER_TABLE3["gap"],
+        "paper_mu_gpu": paper.PAPER_TABLE3["mu_gpu"],
+        "paper_mu_theory": paper.PAPER_TABLE3["mu_theory"],
+        "paper_gap": paper.PAPER_TABLE3["gap"],
         "mu_theory": g * th["mu"],
         "mu_theory_paper_form": g * th["mu_paper_form"],
         "mu_stable": g * th["mu_stable"],
@@ -102,10 +105,10 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
         "lambda_star_ci": bnd["ci"],
         "lambda_star_estimator": bnd.get("estimator"),
         "lambda_star_detail": bnd,
-        "gap_sim_vs_theory": rp.rel_gap(sat["mean"], g * th["mu"]),
-        "gap_theory_vs_paper_gpu": rp.rel_gap(g * th["mu"], rp.PAPER_TABLE3["mu_gpu"]),
-        "gap_sim_vs_paper_gpu": rp.rel_gap(sat["mean"], rp.PAPER_TABLE3["mu_gpu"]),
-        "gap_lambda_star_vs_theory": rp.rel_gap(bnd["mean"], g * th["mu"]),
+        "gap_sim_vs_theory": ex.rel_gap(sat["mean"], g * th["mu"]),
+        "gap_theory_vs_paper_gpu": ex.rel_gap(g * th["mu"], paper.PAPER_TABLE3["mu_gpu"]),
+        "gap_sim_vs_paper_gpu": ex.rel_gap(sat["mean"], paper.PAPER_TABLE3["mu_gpu"]),
+        "gap_lambda_star_vs_theory": ex.rel_gap(bnd["mean"], g * th["mu"]),
     }
     return {
         "row": row,

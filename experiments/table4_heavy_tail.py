@@ -6,7 +6,7 @@ trimmed mean of the measured batch times (4.977 and 5.862 against μ_gpu = 5.470
 
 kvstab replaces the GPU by its random batch-time model (``batch_time_model='random'``,
 ``batch_time_law='two_point'``: b = b̄·ξ, ξ log-normal, times ``slow_factor`` for a fraction
-``slow_fraction`` of the batches; values in :data:`kvstab.reproduce.HEAVY_TAIL`). From
+``slow_fraction`` of the batches; values in :data:`experiments/_common.py HEAVY_TAIL`). From
 10,000 of the model's batch times (as the paper used about 10,000 jobs) it computes b̄ by the
 median, the mean and 5 % / 10 % trimmed means (both tails, and upper tail only), the μ_theory
 of each, and compares them with μ_sim and λ* simulated under the same random batch times.
@@ -17,9 +17,12 @@ Usage: python experiments/table4_heavy_tail.py [--quick] [--force] [--results DI
 
 from __future__ import annotations
 
+import _common as ex
 import numpy as np
 
+from kvstab import paper
 from kvstab import reproduce as rp
+from kvstab.progress import Progress
 
 NAME = "table4_heavy_tail"
 ORDER = 40
@@ -30,16 +33,16 @@ def config(quick: bool) -> dict:
     return {
         "seed": 4,
         "workload": "8:1",
-        "law": rp.EXTRA_WORKLOADS["8:1"],
-        "kv_capacity_tokens": rp.KV_CAPACITY_TOKENS,
-        "chunk_tokens": rp.CHUNK_TOKENS,
+        "law": paper.EXTRA_WORKLOADS["8:1"],
+        "kv_capacity_tokens": paper.KV_CAPACITY_TOKENS,
+        "chunk_tokens": paper.CHUNK_TOKENS,
         "batch_time_model": "random",
-        **rp.HEAVY_TAIL,
+        **ex.HEAVY_TAIL,
         "num_batch_samples": 10000,
         # kvstab.stability.estimate_boundary: K rates x R replications, T steps
-        "num_steps": rp.pick(quick, 8000, 40000),
-        "grid_points": rp.pick(quick, 6, 16),
-        "replications": rp.pick(quick, 4, 16),
+        "num_steps": ex.pick(quick, 8000, 40000),
+        "grid_points": ex.pick(quick, 6, 16),
+        "replications": ex.pick(quick, 4, 16),
         "warmup_frac": 0.25,
     }
 
@@ -68,8 +71,8 @@ def estimators(times: np.ndarray) -> dict:
     return batch_time_estimators(times)
 
 
-def run(cfg: dict, progress: rp.Progress) -> dict:
-    law = rp.law_for(cfg["workload"])
+def run(cfg: dict, progress: Progress) -> dict:
+    law = paper.law_for(cfg["workload"])
     sim_kw = dict(
         batch_time_model="random",
         batch_time_law=cfg["batch_time_law"],
@@ -80,9 +83,9 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
     )
     times = model_batch_times(cfg, cfg["num_batch_samples"], cfg["seed"] + 7)
     b_est = estimators(times)
-    th_base = rp.mu_theory(law, 1.0)  # μ·b̄ (b̄ = 1 s): divide by an estimator's b̄
+    th_base = ex.mu_theory(law, 1.0)  # μ·b̄ (b̄ = 1 s): divide by an estimator's b̄
     progress("mu_sim and lambda* with random batch times")
-    est = rp.stability_estimates(
+    est = ex.stability_estimates(
         law,
         batch_time_s=cfg["batch_time_s"],
         num_steps=cfg["num_steps"],
@@ -101,7 +104,7 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
         "trimmed_mean_5_upper_s": "5% trimmed mean (upper tail only)",
         "trimmed_mean_10_upper_s": "10% trimmed mean (upper tail only)",
     }
-    paper = {r["estimator"]: r for r in rp.PAPER_TABLE4["rows"]}
+    published = {r["estimator"]: r for r in paper.PAPER_TABLE4["rows"]}
     rows = []
     for key, label in labels.items():
         bb = b_est[key]
@@ -110,17 +113,17 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
             {
                 "estimator": label,
                 "batch_time_s": bb,
-                "paper_mu_gpu": rp.PAPER_TABLE4["mu_gpu"],
-                "paper_mu_theory": paper.get(label, {}).get("mu_theory"),
-                "paper_gap": paper.get(label, {}).get("gap"),
+                "paper_mu_gpu": paper.PAPER_TABLE4["mu_gpu"],
+                "paper_mu_theory": published.get(label, {}).get("mu_theory"),
+                "paper_gap": published.get(label, {}).get("gap"),
                 "mu_theory": mu,
                 "mu_stable": mu * (1 - th_base["delta"]),
                 "mu_sim": est["mu_sim"],
                 "mu_sim_ci": est["mu_sim_ci"],
                 "lambda_star": est["lambda_star"],
                 "lambda_star_ci": est["lambda_star_ci"],
-                "gap_theory_vs_sim": rp.rel_gap(mu, est["mu_sim"]),
-                "gap_theory_vs_lambda_star": rp.rel_gap(mu, est["lambda_star"]),
+                "gap_theory_vs_sim": ex.rel_gap(mu, est["mu_sim"]),
+                "gap_theory_vs_lambda_star": ex.rel_gap(mu, est["lambda_star"]),
             }
         )
     return {
@@ -133,7 +136,7 @@ def run(cfg: dict, progress: rp.Progress) -> dict:
         "mu_sim_estimator": est["mu_sim_estimator"],
         "lambda_star_estimator": est["lambda_star_estimator"],
         "stability_detail": est["detail"],
-        "batch_time_model": {k: cfg[k] for k in rp.HEAVY_TAIL},
+        "batch_time_model": {k: cfg[k] for k in ex.HEAVY_TAIL},
         "notes": [
             "Batch times come from kvstab's two-point random batch-time model "
             "(model output, not GPU measurements); the 8:1 length ranges are kvstab's choice.",

@@ -23,9 +23,28 @@ COLORS = {
     "lambda_star": "#ff7f0e",
     "fit": "#ff7f0e",
 }
+# Colours for a sequence of arrival rates / curves (colour-blind friendly, ordered).
+SEQ = ["#0072B2", "#009E73", "#E69F00", "#D55E00", "#CC79A7", "#56B4E9", "#000000"]
 MARKERS = {"stable": "o", "unstable": "^", "inconclusive": "s"}
 FIGSIZE = (10.0, 4.8)
 DPI = 130
+# matplotlib settings of the paper's figures (paper_figures/_style.py applies them).
+PAPER_RC = {
+    "font.size": 8.5,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8.5,
+    "legend.fontsize": 7.5,
+    "xtick.labelsize": 7.5,
+    "ytick.labelsize": 7.5,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 1.4,
+    "savefig.dpi": DPI,
+    "pdf.fonttype": 42,
+}
 
 
 def new_figure(figsize=FIGSIZE):

@@ -80,6 +80,13 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
     return write_json_atomic(path, {"provenance": provenance(), **payload})
 
 
-def read_json(path: str | os.PathLike) -> dict:
-    with open(path) as f:
-        return json.load(f)
+def read_json(path: str | os.PathLike, *, missing_ok: bool = False) -> Any:
+    """The parsed JSON file. ``missing_ok``: None instead of an error when the file is missing
+    or not valid JSON (e.g. a results file from an old crash)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        if missing_ok:
+            return None
+        raise

@@ -22,41 +22,10 @@ import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from kvstab import reproduce as rp  # noqa: E402
+from kvstab.plotting import COLORS, DPI, SEQ  # noqa: E402,F401  (one palette: kvstab.plotting's)
+from kvstab.plotting import PAPER_RC as RC  # noqa: E402
+from kvstab.results import write_json_atomic  # noqa: E402
 
-try:  # the package's palette, so these figures match kvstab.plotting's
-    from kvstab.plotting import COLORS as _PKG_COLORS
-except Exception:  # pragma: no cover - plotting is optional here
-    _PKG_COLORS = {}
-
-COLORS = {
-    "mu": "#2ca02c",
-    "mu_stable": "#9467bd",
-    "mu_sim": "#7f7f7f",
-    "lambda_star": "#ff7f0e",
-    "fit": "#ff7f0e",
-    **_PKG_COLORS,
-}
-# Colours for a sequence of arrival rates / curves (colour-blind friendly, ordered).
-SEQ = ["#0072B2", "#009E73", "#E69F00", "#D55E00", "#CC79A7", "#56B4E9", "#000000"]
-DPI = 130
-
-RC = {
-    "font.size": 8.5,
-    "axes.titlesize": 9,
-    "axes.labelsize": 8.5,
-    "legend.fontsize": 7.5,
-    "xtick.labelsize": 7.5,
-    "ytick.labelsize": 7.5,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "grid.linewidth": 0.6,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "lines.linewidth": 1.4,
-    "savefig.dpi": DPI,
-    "pdf.fonttype": 42,
-}
 matplotlib.rcParams.update(RC)
 
 SIM_NOTE = "kvstab simulation (JAX simulator), not a GPU measurement"
@@ -156,6 +125,19 @@ def missing_reason(results: dict | None, name: str) -> str | None:
 # Number formatting
 
 
+def arr(x: Any, dtype=np.float64) -> np.ndarray:
+    """A results-file list back to a numpy array (None -> NaN)."""
+    if x is None:
+        return np.asarray(np.nan, dtype)
+    return np.asarray(_none_to_nan(x) if isinstance(x, list) else x, dtype=dtype)
+
+
+def _none_to_nan(x):
+    if isinstance(x, list):
+        return [_none_to_nan(v) for v in x]
+    return np.nan if x is None else x
+
+
 def num(x: Any) -> float:
     return math.nan if x is None else float(x)
 
@@ -233,7 +215,7 @@ def write_table(
             )
         },
     }
-    rp.write_json_atomic(js, payload)
+    write_json_atomic(js, payload)
     return [md, js]
 
 
@@ -253,9 +235,9 @@ def write_missing_table(out_dir, stem: str, title: str, reason: str) -> list[Pat
 def band_plot(ax, t, band: dict, color: str, label: str, *, samples=None) -> None:
     """Mean line with a 10–90 % band across trajectories (and thin sample paths)."""
     t = np.asarray(t, np.float64)
-    lo, hi, mean = (rp.arr(band[k]) for k in ("p10", "p90", "mean"))
+    lo, hi, mean = (arr(band[k]) for k in ("p10", "p90", "mean"))
     ax.fill_between(t, lo, hi, color=color, alpha=0.2, linewidth=0)
     if samples is not None:
-        for srow in rp.arr(samples)[:2]:
+        for srow in arr(samples)[:2]:
             ax.plot(t, srow, color=color, linewidth=0.5, alpha=0.45)
     ax.plot(t, mean, color=color, label=label)

@@ -34,14 +34,14 @@ def draw(results: dict, out_dir) -> list:
     fig, axes = st.new_figure(1, 2, figsize=(8.6, 4.0))
     ax_q, ax_w = axes[0, 0], axes[0, 1]
     for i, (router, rows) in enumerate(d["series"].items()):
-        x = rp.arr([row["load"] for row in rows])
-        q = rp.arr([row["mean_queue"] for row in rows])
-        ci = rp.arr([row["mean_queue_ci"] for row in rows])
+        x = st.arr([row["load"] for row in rows])
+        q = st.arr([row["mean_queue"] for row in rows])
+        ci = st.arr([row["mean_queue_ci"] for row in rows])
         lab = LABELS.get(router, router)
         ax_q.plot(x, np.maximum(q, FLOOR_S), "o-", color=st.SEQ[i], label=lab, ms=3)
         lo, hi = np.maximum(ci[:, 0], FLOOR_S), np.maximum(ci[:, 1], FLOOR_S)
         ax_q.fill_between(x, lo, hi, color=st.SEQ[i], alpha=0.15, lw=0)
-        p99 = rp.arr([row["wait_p99_s"] for row in rows])
+        p99 = st.arr([row["wait_p99_s"] for row in rows])
         ax_w.plot(x, np.maximum(p99, FLOOR_S), "o-", color=st.SEQ[i], label=lab, ms=3)
     for ax, ylabel in (
         (ax_q, "mean waiting queue, all replicas (requests)"),

@@ -20,8 +20,8 @@ def cdf_panel(ax, per_rate: list, title: str) -> None:
     for i, s in enumerate(per_rate):
         e = s["ecdf"]
         ax.plot(
-            1000 * rp.arr(e["values"]),
-            rp.arr(e["probs"]),
+            1000 * st.arr(e["values"]),
+            st.arr(e["probs"]),
             color=st.SEQ[i],
             label=f"λ = {s['rate_per_s']:g} req/s: median {1000 * s['median_s']:.1f} ms, "
             f"p99 {1000 * s['p99_s']:.1f} ms",

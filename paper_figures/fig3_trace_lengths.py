@@ -36,8 +36,8 @@ def draw(results: dict, out_dir) -> list:
     ):
         m = d[key]
         ax = axes[0, j]
-        edges = rp.arr(m["hist_edges"])
-        counts = rp.arr(m["hist_counts"])
+        edges = st.arr(m["hist_edges"])
+        counts = st.arr(m["hist_counts"])
         ax.stairs(
             counts / counts.sum(),
             edges,
@@ -62,14 +62,14 @@ def draw(results: dict, out_dir) -> list:
     for j, key in enumerate(("prompt", "output")):
         m = d[key]
         ax.plot(
-            rp.arr(m["ecdf_train"]["values"]),
-            rp.arr(m["ecdf_train"]["probs"]),
+            st.arr(m["ecdf_train"]["values"]),
+            st.arr(m["ecdf_train"]["probs"]),
             color=st.SEQ[j],
             label=f"{key}: first 80 % (train)",
         )
         ax.plot(
-            rp.arr(m["ecdf_test"]["values"]),
-            rp.arr(m["ecdf_test"]["probs"]),
+            st.arr(m["ecdf_test"]["values"]),
+            st.arr(m["ecdf_test"]["probs"]),
             color=st.SEQ[j],
             linestyle="--",
             label=f"{key}: last 20 % (held out)",
@@ -77,8 +77,8 @@ def draw(results: dict, out_dir) -> list:
         if fitted is not None:
             f = fitted[key]
             ax.plot(
-                rp.arr(f["tokens"]),
-                rp.arr(f["cdf"]),
+                st.arr(f["tokens"]),
+                st.arr(f["cdf"]),
                 color=st.COLORS["fit"],
                 linestyle=":" if j else "-.",
                 linewidth=1.2,
@@ -92,7 +92,7 @@ def draw(results: dict, out_dir) -> list:
     ax.legend(loc="upper left", fontsize=6.3)
     ax = axes[1, 1]
     j = d["joint_cdf"]
-    gs, go, c = rp.arr(j["prompt_tokens"]), rp.arr(j["output_tokens"]), rp.arr(j["cdf"])
+    gs, go, c = st.arr(j["prompt_tokens"]), st.arr(j["output_tokens"]), st.arr(j["cdf"])
     mesh = ax.pcolormesh(
         gs, go, c.T, shading="nearest", cmap="viridis", vmin=0, vmax=1, rasterized=True
     )

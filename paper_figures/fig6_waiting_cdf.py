@@ -33,9 +33,9 @@ def draw(results: dict, out_dir) -> list:
     ):
         for i, s in enumerate(d["series"]):
             e = s[key]
-            v = np.maximum(rp.arr(e["values"]), FLOOR_S)
+            v = np.maximum(st.arr(e["values"]), FLOOR_S)
             total = e["n"] + e["n_missing"]
-            p = rp.arr(e["probs"]) * e["n"] / max(total, 1)  # censored requests keep CDF < 1
+            p = st.arr(e["probs"]) * e["n"] / max(total, 1)  # censored requests keep CDF < 1
             med = e["median_per_traj_mean"]
             lab = f"λ = {s['rate_per_s']:g}: median {st.fmt(e['pooled_median'], 2)} s" + (
                 f" ({e['n_missing']} not done)" if e["n_missing"] else ""

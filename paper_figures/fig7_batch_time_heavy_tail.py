@@ -32,8 +32,8 @@ def draw(results: dict, out_dir) -> list:
     h = r["data"]["heavy_tail"]
     fig, axes = st.new_figure(1, 2, figsize=(8.6, 3.6))
     ax, ax2 = axes[0]
-    edges = 1000 * rp.arr(h["hist_edges_s"])
-    counts = rp.arr(h["hist_counts"])
+    edges = 1000 * st.arr(h["hist_edges_s"])
+    counts = st.arr(h["hist_counts"])
     ax.stairs(
         counts / counts.sum(),
         edges,
@@ -49,8 +49,8 @@ def draw(results: dict, out_dir) -> list:
     ax.legend(loc="upper right")
     e = h["ecdf"]
     ax2.plot(
-        1000 * rp.arr(e["values"]),
-        rp.arr(e["probs"]),
+        1000 * st.arr(e["values"]),
+        st.arr(e["probs"]),
         color=st.SEQ[0],
         label="empirical CDF of the model's batch times",
     )

@@ -37,7 +37,7 @@ def draw(results: dict, out_dir) -> list:
         for i, (k, e) in enumerate(sorted(h["trimmed_ecdf"].items(), key=lambda kv: int(kv[0])))
     ]
     for label, e, c, ls in curves:
-        ax.plot(1000 * rp.arr(e["values"]), rp.arr(e["probs"]), color=c, linestyle=ls, label=label)
+        ax.plot(1000 * st.arr(e["values"]), st.arr(e["probs"]), color=c, linestyle=ls, label=label)
     est = h["estimators_s"]
     marks = [
         ("median", est["median_s"]),

@@ -11,12 +11,16 @@ import _style as st
 import numpy as np
 from matplotlib.colors import Normalize
 
+from kvstab import paper
 from kvstab import reproduce as rp
 
 NAME = "fig9_stability_map"
 INPUTS = ["stability_map"]
 OUTPUTS = ["fig9_stability_map.pdf", "fig9_stability_map.png"]
-TITLE = "Stability map over (λ, M), P/D 1:1, b̄ = 0.0372 s (kvstab simulation; beyond the paper)"
+TITLE = (
+    f"Stability map over (λ, M), P/D 1:1, b̄ = {paper.BATCH_TIME_S} s "
+    "(kvstab simulation; beyond the paper)"
+)
 
 
 def draw(results: dict, out_dir) -> list:
@@ -25,11 +29,11 @@ def draw(results: dict, out_dir) -> list:
     if why:
         return st.placeholder(out_dir, NAME, TITLE, why)
     d = r["data"]
-    M = rp.arr(d["kv_capacity_tokens"])
-    frac = rp.arr(d["growth_fraction"])
-    mu = rp.arr(d["mu_theory"])
-    ls, ci = rp.arr(d["lambda_star"]), rp.arr(d["lambda_star_ci"])
-    f = rp.arr(d["rate_factors"])
+    M = st.arr(d["kv_capacity_tokens"])
+    frac = st.arr(d["growth_fraction"])
+    mu = st.arr(d["mu_theory"])
+    ls, ci = st.arr(d["lambda_star"]), st.arr(d["lambda_star_ci"])
+    f = st.arr(d["rate_factors"])
     fig, axes = st.new_figure(1, 2, figsize=(8.8, 3.9))
     ax, ax2 = axes[0]
     norm = Normalize(vmin=0.0, vmax=max(0.3, float(np.nanmax(frac))))
@@ -61,7 +65,7 @@ def draw(results: dict, out_dir) -> list:
         linestyle="--",
         label="μ(M) = M/(b̄·E[g]) (Thm 4.1)",
     )
-    delta_m = rp.arr(d["delta"]) * M  # max(s+o), constant
+    delta_m = st.arr(d["delta"]) * M  # max(s+o), constant
     ax.plot(
         mm / 1000,
         mu_line * (1 - delta_m[0] / mm),

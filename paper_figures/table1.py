@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import _style as st
 
+from kvstab import paper
 from kvstab import reproduce as rp
 
 NAME = "table1"
 INPUTS = ["table1"]
 OUTPUTS = ["table1.md", "table1.json"]
-TITLE = "Table 1: synthetic P/D workloads, one replica (M = 131,000, ŝ = 512)"
+TITLE = (
+    "Table 1: synthetic P/D workloads, one replica "
+    f"(M = {paper.KV_CAPACITY_TOKENS:,}, ŝ = {paper.CHUNK_TOKENS})"
+)
 
 
 def draw(results: dict, out_dir) -> list:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _style as st
 
+from kvstab import paper
 from kvstab import reproduce as rp
 
 NAME = "table2_trace"
@@ -65,8 +66,8 @@ def draw(results: dict, out_dir) -> list:
         f"({fit.get('fit', {}).get('law', 'copula law')}); μ_theory = M/(b̄·E[g]) under the "
         "fitted law; the 'measurement' is a kvstab simulation of a saturated replica serving "
         "the held-out 20 %'s (s, o) pairs (μ_sim), not a GPU run.",
-        f"b̄ = {x['batch_time_s']} s assumed (the trace has no batch timings); M = 131,000, "
-        "ŝ = 512.",
+        f"b̄ = {x['batch_time_s']} s assumed (the trace has no batch timings); "
+        f"M = {paper.KV_CAPACITY_TOKENS:,}, ŝ = {paper.CHUNK_TOKENS}.",
         f"Closed form on the held-out pairs themselves: μ = {st.fmt(x['mu_theory_test_empirical'])}"
         f", μ(1−δ) = {st.fmt(x['mu_stable_test'])}; on the training pairs: "
         f"{st.fmt(x['mu_theory_train_empirical'])} req/s (the trace drifts over the hour).",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _style as st
 
+from kvstab import paper
 from kvstab import reproduce as rp
 
 NAME = "table4_heavy_tail"
@@ -34,7 +35,7 @@ def draw(results: dict, out_dir) -> list:
     ]
     text = []
     for x in rows:
-        paper = (
+        published = (
             "–"
             if x["paper_mu_theory"] is None
             else f"{st.fmt(x['paper_mu_theory'])} ({st.pct(x['paper_gap'], 1)})"
@@ -43,7 +44,7 @@ def draw(results: dict, out_dir) -> list:
             [
                 x["estimator"],
                 st.fmt(1000 * x["batch_time_s"], 2),
-                paper,
+                published,
                 st.fmt(x["mu_theory"]),
                 st.fmt_ci(x["mu_sim"], x["mu_sim_ci"]),
                 st.fmt_ci(x["lambda_star"], x["lambda_star_ci"]),
@@ -53,7 +54,8 @@ def draw(results: dict, out_dir) -> list:
     m = d["batch_time_model"]
     notes = [
         f"Workload 8:1: {d['law']} (kvstab's choice: the paper gives no ranges), "
-        f"E[g] = {d['mean_g_exact']:,.0f} token·steps, M = 131,000, ŝ = 512. The absolute "
+        f"E[g] = {d['mean_g_exact']:,.0f} token·steps, M = {paper.KV_CAPACITY_TOKENS:,}, "
+        f"ŝ = {paper.CHUNK_TOKENS}. The absolute "
         "rates are therefore not comparable with the paper's μ_gpu = 5.470; the estimators' "
         "ordering and gaps are.",
         f"Batch times: kvstab's random model (model output, not GPU data): "

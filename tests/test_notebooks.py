@@ -1,8 +1,14 @@
-"""The tutorial notebooks run top to bottom at toy size (KVSTAB_TOY=1), in a fresh kernel."""
+"""The tutorial notebooks: stored as notebooks/_make_notebooks.py writes them, and they run top
+to bottom at toy size (KVSTAB_TOY=1) in a fresh kernel, printing the numbers they promise.
+
+Execution takes about 15 s per notebook on 2 CPU cores, so it stays in the default run.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -15,9 +21,37 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 
-def test_there_are_at_least_three_notebooks():
-    names = [p.name for p in NOTEBOOKS]
-    assert len(names) >= 3, names
+# What each notebook must print at toy size (regular expressions over its text output).
+EXPECTED = {
+    "01_quickstart": [r"toy size", r"mu      = 3\.262 req/s", r"mu_sim = \d+\.\d{3} req/s"],
+    "02_finding_the_boundary": [r"toy size", r"mu = \d+\.\d{3} req/s", r"lambda\*/mu = \d"],
+    "03_calibrating_to_a_trace": [r"toy size", r"mu_sim = \d+\.\d{3} req/s vs fitted mu"],
+}
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location(
+        "_make_notebooks", ROOT / "notebooks" / "_make_notebooks.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_stored_notebooks_are_what_the_generator_writes():
+    gen = _generator()
+    assert sorted(gen.NOTEBOOKS) == [p.name for p in NOTEBOOKS]
+    assert {p.stem for p in NOTEBOOKS} == set(EXPECTED)
+    for path in NOTEBOOKS:
+        stored = nbformat.read(path, as_version=4)
+        made = gen.NOTEBOOKS[path.name]()
+        assert [(c.cell_type, c.source) for c in stored.cells] == [
+            (c.cell_type, c.source) for c in made.cells
+        ], f"{path.name} is stale: run python notebooks/_make_notebooks.py"
+        for i, cell in enumerate(stored.cells):
+            if cell.cell_type == "code":
+                compile(cell.source, f"{path.name}[{i}]", "exec")
+                assert not cell.get("outputs"), f"{path.name} is stored with outputs"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -41,4 +75,12 @@ def test_notebook_runs_at_toy_size(path, tmp_path, monkeypatch):
         if out.get("output_type") == "error"
     ]
     assert not errors, errors
+    text = "".join(
+        out.get("text", "") or out.get("data", {}).get("text/plain", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+    )
+    for pattern in EXPECTED[path.stem]:
+        assert re.search(pattern, text), (pattern, text[-3000:])
     assert os.environ["KVSTAB_TOY"] == "1"

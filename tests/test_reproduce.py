@@ -1,8 +1,9 @@
 """`kvstab reproduce --quick` regenerates every figure and table, and Table 1 agrees with the
 closed form.
 
-This runs the whole quick reproduction (about 4 minutes on 2 CPU cores): it is part of the
-default test run on purpose, since CI is what checks that the paper's figures still build.
+This runs the whole quick reproduction (about 5 minutes on 2 CPU cores), so it is marked slow:
+`python -m pytest -m slow` runs it. The default (fast) run draws every figure and table from
+small results files instead (tests/test_paper_figures.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 

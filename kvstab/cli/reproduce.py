@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 
 from kvstab.errors import InputError
+from kvstab.progress import Progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     k = 0
     for m in exp_sel:
         k += 1
-        prog = rp.Progress(m.NAME, k, total)
+        prog = Progress(m.NAME, job=(k, total), every_s=10.0)
         try:
             _, status = rp.run_experiment(
                 m, quick=args.quick, results_dir=args.results, force=args.force, progress=prog
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     written: list[Path] = []
     for m in fig_sel:
         k += 1
-        prog = rp.Progress(m.NAME, k, total)
+        prog = Progress(m.NAME, job=(k, total), every_s=10.0)
         try:
             written += rp.draw_figure(m, results_dir=args.results, out_dir=args.out, progress=prog)
         except KeyboardInterrupt:

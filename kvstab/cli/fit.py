@@ -18,13 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 
 import jax
 import numpy as np
 
-from kvstab.cli import _float, _int, add_system_args
+from kvstab.cli.common import (
+    TRACE_FORMATS,
+    add_output_args,
+    add_system_args,
+    flag_names,
+    parse_float,
+    parse_int,
+)
 from kvstab.errors import InputError, check_number
+from kvstab.progress import Progress
 
 # API field names -> this command's flags (kvstab.cli.FLAG_FOR covers the shared ones).
 _FLAGS = {
@@ -68,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--trace-format",
         dest="trace_format",
         default="auto",
-        choices=("auto", "azure", "mooncake", "csv"),
+        choices=TRACE_FORMATS,
         help="trace format (default: from the file name and header)",
     )
     t.add_argument(
@@ -81,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--time-unit",
         dest="time_unit_s",
-        type=_float,
+        type=parse_float,
         default=None,
         metavar="S",
         help="seconds per unit of a numeric time column (default 1; Mooncake 0.001)",
@@ -103,27 +110,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     f = p.add_argument_group("fitting")
     f.add_argument(
         "--train-frac",
-        type=_float,
+        type=parse_float,
         default=0.8,
         metavar="F",
         help="fraction of requests (chronological) for fitting the length law (default 0.8)",
     )
     f.add_argument(
         "--components",
-        type=_int,
+        type=parse_int,
         default=1,
         metavar="C",
         help="log-normal components per marginal (default 1)",
     )
     f.add_argument(
         "--steps",
-        type=_int,
+        type=parse_int,
         default=300,
         metavar="N",
         help="maximum optimizer steps per fit (default 300)",
     )
     f.add_argument("--no-mmpp", action="store_true", help="skip the MMPP arrival fit")
-    f.add_argument("--seed", type=_int, default=0, help="seed for the timestamp jitter")
+    f.add_argument("--seed", type=parse_int, default=0, help="seed for the timestamp jitter")
     f.add_argument(
         "--batch-log",
         default=None,
@@ -131,9 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="timing log CSV prefill_tokens,decode_tokens,kv_tokens,duration_s: "
         "fit b = c0 + cp*P + cd*D + ckv*KV and the b-bar estimators",
     )
-    o = p.add_argument_group("output")
-    o.add_argument("--json", action="store_true", help="print one JSON object")
-    o.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_output_args(p)
     p.set_defaults(func=run)
 
 
@@ -175,24 +180,17 @@ def _jitter_width(trace, option: str) -> float | None:
     return None
 
 
+@flag_names(_FLAGS)
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except InputError as e:
-        if e.field in _FLAGS:
-            raise InputError(_FLAGS[e.field], e.message) from None
-        raise
-
-
-def _run(args: argparse.Namespace) -> int:
     from kvstab import analytic, fit, traces
 
     analytic.validate_system(args.kv_tokens, args.chunk, args.batch_time)
     check_number("frac", args.train_frac, low=0, high=1, low_open=True, high_open=True)
     check_number("steps", args.steps, low=1, integer=True)
     check_number("components", args.components, low=1, high=8, integer=True)
-    progress = None if args.quiet else fit.text_progress(sys.stderr)
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    bar = Progress("kvstab fit", quiet=args.quiet)
+    progress = None if args.quiet else bar.optimizer()
+    say = bar.say
 
     trace = traces.read_trace(
         args.trace,
@@ -215,8 +213,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_time_s=args.batch_time,
         progress=progress,
     )
-    if progress is not None:
-        say("")
+    bar.close()
 
     width = _jitter_width(trace, args.jitter)
     arrival_trace = trace
@@ -227,8 +224,7 @@ def _run(args: argparse.Namespace) -> int:
     arrivals = fit.fit_arrivals(
         arrival_trace, mmpp=not args.no_mmpp, steps=args.steps, progress=progress
     )
-    if progress is not None:
-        say("")
+    bar.close()
 
     batch = None
     if args.batch_log:
@@ -236,8 +232,7 @@ def _run(args: argparse.Namespace) -> int:
         batch = fit.fit_batch_log(
             fit.read_batch_log(args.batch_log), steps=args.steps, progress=progress
         )
-        if progress is not None:
-            say("")
+        bar.close()
 
     law = lengths.law
     mean_g_all = summary["mean_g_exact"]

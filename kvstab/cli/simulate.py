@@ -4,106 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 
+from kvstab.cli.common import (
+    add_batch_time_args,
+    add_output_args,
+    add_policy_args,
+    add_workload_args,
+    check_fits_memory,
+    check_writable,
+    parse_coefs,
+    parse_float,
+    workload_from_args,
+)
 from kvstab.errors import InputError
+from kvstab.progress import Progress
 
 
-def add_policy_args(p: argparse.ArgumentParser, with_order: bool = True) -> None:
-    """Scheduling-policy flags shared by simulate and boundary (boundary has no --order)."""
-    g = p.add_argument_group("policy")
-    g.add_argument(
-        "--admission",
-        choices=("current", "reserve"),
-        default="current",
-        help="admit on current memory use (default, like vLLM) or on peak s+o",
-    )
-    g.add_argument(
-        "--overflow",
-        choices=("recompute", "swap"),
-        default="recompute",
-        help="preemption: recompute (progress lost, default) or swap (kept)",
-    )
-    if not with_order:
-        return
-    g.add_argument(
-        "--order",
-        choices=("fcfs", "spf"),
-        default="fcfs",
-        help="queue order: first come first served, or shortest prompt first",
-    )
-    g.add_argument(
-        "--spf-window",
-        type=int,
-        default=32,
-        metavar="W",
-        help="spf looks at the first W waiting requests (default 32)",
-    )
-
-
-def add_batch_time_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("batch time")
-    g.add_argument(
-        "--batch-time-model",
-        choices=("constant", "linear", "random"),
-        default="constant",
-        help="constant b̄ (default), linear in the batch, or random",
-    )
-    g.add_argument(
-        "--linear-coefs",
-        default="0.02,2e-5,2e-5,0",
-        metavar="C0,CP,CD,CKV",
-        help="linear model b = c0 + cp*prefill + cd*decode + ckv*kv tokens (seconds)",
-    )
-    g.add_argument(
-        "--batch-time-law",
-        choices=("lognormal", "two_point"),
-        default="lognormal",
-        help="random model: b = b̄·ξ, ξ lognormal(0, σ) or a slow fraction",
-    )
-    g.add_argument("--batch-time-sigma", type=float, default=0.25, metavar="SIGMA")
-    g.add_argument("--slow-fraction", type=float, default=0.3)
-    g.add_argument("--slow-factor", type=float, default=3.0)
-
-
-def parse_coefs(text: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise InputError(
-            "linear_coefs", f"need four comma-separated numbers, got {text!r}"
-        ) from None
-    if len(vals) != 4:
-        raise InputError("linear_coefs", f"need four comma-separated numbers, got {text!r}")
-    return vals
-
-
-class Progress:
-    """A one-line progress display on stderr (silent when not a terminal unless forced)."""
-
-    def __init__(self, label: str, quiet: bool = False):
-        self.label = label
-        self.quiet = quiet
-        self.t0 = time.perf_counter()
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, done: int, total: int, attempt: int = 1) -> None:
-        if self.quiet:
-            return
-        el = time.perf_counter() - self.t0
-        pct = 100.0 * done / max(total, 1)
-        retry = f" (re-run {attempt} with larger buffers)" if attempt > 1 else ""
-        msg = f"{self.label}: {pct:5.1f}% ({done}/{total} steps, {el:.1f} s){retry}"
-        if self.tty:
-            print("\r" + msg, end="" if done < total else "\n", file=sys.stderr, flush=True)
-        elif done >= total:
-            print(msg, file=sys.stderr, flush=True)
-
-
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from kvstab import analytic
-    from kvstab.cli import check_fits_memory, workload_from_args
     from kvstab.sim import components_from_names, simulate, workload_from_names
 
     analytic.validate_system(args.kv_tokens, args.chunk, args.batch_time)
@@ -123,7 +41,9 @@ def _run(args: argparse.Namespace) -> int:
     joint = workload_from_args(args)
     check_fits_memory(joint, args.kv_tokens)
     coefs = parse_coefs(args.linear_coefs)
-    prog = Progress("kvstab simulate", quiet=args.quiet)
+    check_writable("out", args.out)
+    progress = Progress("kvstab simulate", quiet=args.quiet)
+    prog = progress.sim()
     res = simulate(
         workload_from_names(
             joint,
@@ -155,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
             num_records=args.records,
         ),
     )
+    progress.close()
     summ = res.summary()
     mu = analytic.mu_for(joint, args.kv_tokens * args.replicas, args.batch_time, args.chunk)
     summ["mu_theory"] = float(mu)
@@ -210,15 +131,14 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    from kvstab.cli import _float, add_workload_args
-
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``simulate`` subcommand to the ``kvstab`` parser."""
     p = sub.add_parser("simulate", help="simulate queue trajectories with the JAX simulator")
     add_workload_args(p)
     load = p.add_argument_group("load")
     load.add_argument(
         "--rate",
-        type=_float,
+        type=parse_float,
         default=None,
         metavar="LAMBDA",
         help="Poisson arrival rate λ in requests/s (to all replicas together)",
@@ -246,25 +166,23 @@ def register(sub) -> None:
     )
     add_policy_args(p)
     add_batch_time_args(p)
-    run = p.add_argument_group("run")
-    run.add_argument("--steps", type=int, default=20000, help="batch steps per trajectory")
-    run.add_argument("--trajectories", type=int, default=64)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument(
+    r = p.add_argument_group("run")
+    r.add_argument("--steps", type=int, default=20000, help="batch steps per trajectory")
+    r.add_argument("--trajectories", type=int, default=64)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument(
         "--warmup",
         type=float,
         default=0.25,
         metavar="FRAC",
         help="fraction of the run excluded as warm-up (default 0.25)",
     )
-    run.add_argument(
+    r.add_argument(
         "--records",
         type=int,
         default=0,
         metavar="N",
         help="keep per-request records of the first N requests (waits, TTFT)",
     )
-    run.add_argument("--json", action="store_true", help="print one JSON object")
-    run.add_argument("--out", metavar="FILE", help="write a JSON results file")
-    run.add_argument("--quiet", action="store_true", help="no progress display")
-    p.set_defaults(func=_run)
+    add_output_args(p, out=True)
+    p.set_defaults(func=run)

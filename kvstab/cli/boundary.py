@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import time
 
-from kvstab.cli import _int, add_workload_args, check_fits_memory, workload_from_args
+from kvstab.cli.common import (
+    add_output_args,
+    add_policy_args,
+    add_workload_args,
+    check_fits_memory,
+    check_writable,
+    flag_names,
+    parse_int,
+    workload_from_args,
+)
 from kvstab.errors import InputError
+from kvstab.progress import Progress
 
 # API field names -> this command's flags (kvstab.cli.FLAG_FOR covers the shared ones).
 _FLAGS = {
@@ -45,8 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "closed-form mu and mu(1-delta).",
     )
     add_workload_args(p)
-    from kvstab.cli_simulate import add_policy_args
-
     add_policy_args(p, with_order=False)
     e = p.add_argument_group("estimation")
     e.add_argument(
@@ -58,103 +63,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument(
         "--trajectories",
-        type=_int,
+        type=parse_int,
         default=None,
         metavar="R",
         help="simulated trajectories per arrival rate (overrides the preset)",
     )
     e.add_argument(
         "--steps",
-        type=_int,
+        type=parse_int,
         default=None,
         metavar="T",
         help="batch steps per trajectory (overrides the preset)",
     )
     e.add_argument(
         "--grid-points",
-        type=_int,
+        type=parse_int,
         default=None,
         metavar="K",
         help="arrival rates per grid (overrides the preset)",
     )
     e.add_argument(
         "--initial-queue",
-        type=_int,
+        type=parse_int,
         default=None,
         metavar="N0",
         help="requests waiting at t = 0 in the loaded-start runs (default: from mu and the "
         "horizon)",
     )
-    e.add_argument("--seed", type=_int, default=0, help="PRNG seed (default 0)")
-    o = p.add_argument_group("output")
-    o.add_argument("--json", action="store_true", help="print one JSON object")
-    o.add_argument(
-        "--plot",
-        default=None,
-        metavar="FILE",
-        help="write the stability picture (PNG, PDF or SVG by the suffix)",
-    )
-    o.add_argument(
-        "--out",
-        default=None,
-        metavar="FILE",
-        help="write a JSON results file (configuration, seed, versions, grid data)",
-    )
-    o.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    e.add_argument("--seed", type=parse_int, default=0, help="PRNG seed (default 0)")
+    add_output_args(p, out=True, plot=True)
     p.set_defaults(func=run)
 
 
+@flag_names(_FLAGS)
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except InputError as e:
-        if e.field in _FLAGS:
-            raise InputError(_FLAGS[e.field], e.message) from None
-        raise
-
-
-def _check_writable(field: str, path: str | None) -> None:
-    if path is None:
-        return
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise InputError(field, f"directory {parent} does not exist")
-    if os.path.isdir(path):
-        raise InputError(field, f"{path} is a directory; give a file name")
-    if not os.access(parent, os.W_OK):
-        raise InputError(field, f"cannot write to {parent}")
-
-
-def text_progress(stream=None, label: str = "kvstab boundary"):
-    """A progress callback (done, total, stage): one ``\\r``-updated line on a terminal,
-    otherwise a line at every further 10 %."""
-    stream = sys.stderr if stream is None else stream
-    tty = getattr(stream, "isatty", lambda: False)()
-    t0 = time.perf_counter()
-    last = [-1]
-
-    def report(done: float, total: float, stage: str) -> None:
-        pct = 100.0 * done / total if total else 100.0
-        elapsed = time.perf_counter() - t0
-        line = f"{label}: {pct:5.1f}%  {stage}  elapsed {elapsed:.0f} s"
-        if tty:
-            stream.write("\r" + line.ljust(78))
-            stream.flush()
-        elif int(pct // 10) > last[0]:
-            last[0] = int(pct // 10)
-            stream.write(line + "\n")
-            stream.flush()
-
-    def end() -> None:
-        if tty:
-            stream.write("\n")
-            stream.flush()
-
-    report.end = end
-    return report
-
-
-def _run(args: argparse.Namespace) -> int:
     from kvstab import analytic, stability
 
     analytic.validate_system(args.kv_tokens, args.chunk, args.batch_time)
@@ -168,14 +110,13 @@ def _run(args: argparse.Namespace) -> int:
             raise InputError(name, f"must be an integer >= {low}, got {v}")
     if args.seed < 0:
         raise InputError("seed", f"must be an integer >= 0, got {args.seed}")
-    _check_writable("plot", args.plot)
-    _check_writable("out", args.out)
+    check_writable("plot", args.plot)
+    check_writable("out", args.out)
     joint = workload_from_args(args)
     check_fits_memory(joint, args.kv_tokens)
 
-    progress = None if args.quiet else text_progress(sys.stderr)
-    if progress is not None:
-        progress(0, 1, "compiling the simulator")
+    progress = Progress("kvstab boundary", quiet=args.quiet)
+    progress.update(0, 1, "compiling the simulator")
     try:
         result = stability.estimate_boundary(
             joint,
@@ -190,11 +131,10 @@ def _run(args: argparse.Namespace) -> int:
             grid_points=args.grid_points,
             initial_queue=args.initial_queue,
             seed=args.seed,
-            progress=progress,
+            progress=None if args.quiet else progress.stage(),
         )
     finally:
-        if progress is not None:
-            progress.end()
+        progress.close()
     data = result.to_dict()
     if args.out:
         with open(args.out, "w") as f:
