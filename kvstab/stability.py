@@ -141,23 +141,6 @@ _RESERVED = {
 # Small statistics helpers
 
 
-def _t_quantile(p: float, dof: int) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(p, dof)) if dof >= 1 else math.inf
-
-
-def _mean_ci(x: np.ndarray, alpha: float) -> tuple[float, float, float, float]:
-    """Mean, lower and upper bounds of the (1 − 2α) t interval, standard error."""
-    x = np.asarray(x, np.float64).ravel()
-    m = float(x.mean())
-    if x.size < 2:
-        return m, math.nan, math.nan, math.nan
-    se = float(x.std(ddof=1)) / math.sqrt(x.size)
-    h = _t_quantile(1 - alpha, x.size - 1) * se
-    return m, m - h, m + h, se
-
-
 def _t_sf(t: float, dof: int) -> float:
     from scipy import stats
 
@@ -472,11 +455,11 @@ def _saturation_from(res, rule: str) -> SaturationResult:
     w = res.warmup_blocks
     nb = res.clock_s.shape[1]
     thr = res.throughput_per_traj()
-    m, lo, hi, _ = _mean_ci(thr, ALPHA)
+    m, lo, hi = metrics.mean_ci(thr, ALPHA)
     w2 = min(max(2 * w, 1), nb - 1)
     thr2 = metrics.throughput_per_traj(res.completed, res.clock_s, w2)
-    m2, lo2, hi2, _ = _mean_ci(thr2, ALPHA)
-    dm, dlo, dhi, _ = _mean_ci(thr2 - thr, WARMUP_CHECK_ALPHA)
+    m2, lo2, hi2 = metrics.mean_ci(thr2, ALPHA)
+    dm, dlo, dhi = metrics.mean_ci(thr2 - thr, WARMUP_CHECK_ALPHA)
     outside = not (lo <= m2 <= hi)
     # A real warm-up bias shows as a significant paired difference (same trajectories) that
     # is also larger than the reported uncertainty; the doubled-warm-up estimate alone is
@@ -624,7 +607,8 @@ def assess_drift(
     window_lt = window_steps / max(mean_lifetime, 1e-9)
     slopes = metrics.slope_per_traj(qend[:, w:], clock[:, w:])
     slopes = np.where(np.isfinite(slopes), slopes, 0.0)
-    m, lo, hi, se = _mean_ci(slopes, alpha)
+    m, lo, hi = metrics.mean_ci(slopes, alpha)
+    se = metrics.standard_error(slopes)
     tau = max(rel_threshold * float(rate_per_s), abs_threshold_requests / max(window_s, 1e-12))
     h = post // 2
     q1 = qmean[:, w : w + h].mean(axis=1) if h > 0 else qmean[:, w:].mean(axis=1)
