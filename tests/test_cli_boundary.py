@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from kvstab import SIM_SEMANTICS_VERSION, __version__
 from kvstab.cli import main
 
 # A small workload with short lifetimes (about 106 steps), so that a tiny run already spans
@@ -48,7 +49,8 @@ def test_boundary_json_out_plot_and_progress(capsys, tmp_path):
     assert d["lambda_star"] < d["mu"]
     assert len(d["mu_sim_ci"]) == 2
     assert d["config"]["precision"] == "fast" and d["seed"] == 2
-    assert d["kvstab_version"] and d["sim_semantics_version"] >= 1
+    assert d["kvstab_version"] == __version__
+    assert d["sim_semantics_version"] == SIM_SEMANTICS_VERSION
     assert {r["verdict"] for r in d["grid"]} <= {"stable", "unstable", "inconclusive"}
     saved = json.loads(results.read_text())
     assert saved["lambda_star"] == d["lambda_star"] and saved["config"] == d["config"]

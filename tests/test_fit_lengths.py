@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 from statistics import NormalDist
 
 import jax
@@ -24,19 +22,6 @@ from kvstab.errors import InputError
 from kvstab.traces import read_trace
 
 ND = NormalDist()
-
-
-def data_dir() -> Path | None:
-    """The shared traces: $KVSTAB_DATA, else ../shared/data next to the repository."""
-    env = os.environ.get("KVSTAB_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return path if path.is_dir() else None
-
-
-DATA = data_dir()
-needs_data = pytest.mark.skipif(
-    DATA is None, reason="real traces not found: set KVSTAB_DATA or provide ../shared/data"
-)
 
 
 def rel(a, b):
@@ -218,10 +203,9 @@ def test_qq_data_shapes():
     assert q["fit"] == sorted(q["fit"])
 
 
-@needs_data
-def test_azure_conv_80_20_mean_g():
+def test_azure_conv_80_20_mean_g(trace_dir):
     """Fit on the first 80 % (15,492 requests); E[g] of the fit within 5 % of the held-out 20 %."""
-    tr = read_trace(DATA / "AzureLLMInferenceTrace_conv.csv")
+    tr = read_trace(trace_dir / "AzureLLMInferenceTrace_conv.csv")
     rep = fit.fit_lengths(tr, 0.8, chunk_tokens=512, kv_capacity_tokens=131000, batch_time_s=0.0372)
     d = rep.to_dict()
     assert (rep.num_train, rep.num_test) == (15492, 3874)

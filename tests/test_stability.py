@@ -14,7 +14,15 @@ import types
 import numpy as np
 import pytest
 
-from kvstab import Independent, JointEmpirical, LogNormal, Uniform, stability
+from kvstab import (
+    SIM_SEMANTICS_VERSION,
+    Independent,
+    JointEmpirical,
+    LogNormal,
+    Uniform,
+    __version__,
+    stability,
+)
 from kvstab.errors import InputError
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +234,7 @@ def _check_table1(name, res, ci_of_lambda: bool):
     assert not res.metastable
     assert res.lambda_star < mu  # Theorem 4.1
     assert not res.flags
-    assert res.sim_semantics_version >= 1 and res.kvstab_version
+    assert res.sim_semantics_version == SIM_SEMANTICS_VERSION and res.kvstab_version == __version__
 
 
 @pytest.mark.parametrize("name", list(TABLE1))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
 from pathlib import Path
 
 import jax
@@ -15,19 +14,6 @@ import pytest
 from kvstab.errors import InputError
 from kvstab.laws import JointEmpirical
 from kvstab.traces import Trace, detect_bucket_s, jitter_buckets, read_trace
-
-
-def data_dir() -> Path | None:
-    """The shared traces: $KVSTAB_DATA, else ../shared/data next to the repository."""
-    env = os.environ.get("KVSTAB_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return path if path.is_dir() else None
-
-
-DATA = data_dir()
-needs_data = pytest.mark.skipif(
-    DATA is None, reason="real traces not found: set KVSTAB_DATA or provide ../shared/data"
-)
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -376,11 +362,10 @@ REAL = {
 }
 
 
-@needs_data
 @pytest.mark.parametrize("name", sorted(REAL))
-def test_real_traces(name):
+def test_real_traces(name, trace_dir):
     rows, rate, cv, corr, area = REAL[name]
-    tr = read_trace(DATA / name)
+    tr = read_trace(trace_dir / name)
     d = tr.summary()
     assert len(tr) == rows and tr.num_dropped_zero == 0
     assert tr.format == ("azure" if name.startswith("Azure") else "mooncake")
