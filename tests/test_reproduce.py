@@ -16,36 +16,12 @@ from pathlib import Path
 
 import pytest
 
+# The scripts every run must produce, listed once.
+from test_paper_figures import EXPERIMENTS, FIGURES, TABLES
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-
-FIGURES = [
-    "fig1_batch_time_cdf",
-    "fig2_queue_one_gpu",
-    "fig3_trace_lengths",
-    "fig4_queue_eight_gpus",
-    "fig5_batch_time_pd",
-    "fig6_waiting_cdf",
-    "fig7_batch_time_heavy_tail",
-    "fig8_trimming",
-    "fig9_stability_map",
-    "fig10_routers",
-]
-TABLES = ["table1", "table2_trace", "table3_replicas", "table4_heavy_tail"]
-EXPERIMENTS = [
-    "table1",
-    "table2_trace",
-    "table3_replicas",
-    "table4_heavy_tail",
-    "fig2_queue_one_gpu",
-    "fig4_queue_eight_gpus",
-    "fig6_waiting_cdf",
-    "fig3_trace_lengths",
-    "batch_time_figs",
-    "stability_map",
-    "routers",
-]
 
 
 def _reproduce(*args: str, tmp: Path) -> subprocess.CompletedProcess:
