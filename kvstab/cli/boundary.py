@@ -97,7 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @flag_names(_FLAGS)
 def run(args: argparse.Namespace) -> int:
+    # JAX-heavy: imported when the command runs, so that `kvstab --help` starts fast.
     from kvstab import analytic, stability
+    from kvstab.sim import ConstantBatchTime, System, policy_from_names
 
     analytic.validate_system(args.kv_tokens, args.chunk, args.batch_time)
     for name, v, low in (
@@ -120,11 +122,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = stability.estimate_boundary(
             joint,
-            kv_capacity_tokens=args.kv_tokens,
-            chunk_tokens=args.chunk,
-            batch_time_s=args.batch_time,
-            admission=args.admission,
-            overflow=args.overflow,
+            System(args.kv_tokens, args.chunk, ConstantBatchTime(args.batch_time)),
+            policy_from_names(args.admission, args.overflow),
             precision=args.precision,
             replications=args.trajectories,
             num_steps=args.steps,
