@@ -19,6 +19,7 @@ import numpy as np
 
 from kvstab import SIM_SEMANTICS_VERSION
 from kvstab.errors import InputError, check_number
+from kvstab.paper import BATCH_TIME_S
 from kvstab.sim.components import (
     Cluster,
     ConstantBatchTime,
@@ -255,7 +256,8 @@ def simulate(
             f"max(s+o) = {joint.max_total} exceeds kv_capacity_tokens M = {int(M_arr.min())}; "
             "such a request can never be served",
         )
-    b_arr = _per_traj("batch_time_s", getattr(bt, "batch_time_s", 0.0372), n, np.float64)
+    # A batch time without b̄ (linear) ignores b_arr: the paper's b̄ is a placeholder.
+    b_arr = _per_traj("batch_time_s", getattr(bt, "batch_time_s", BATCH_TIME_S), n, np.float64)
     lam_arr = _per_traj(
         "arrival_rate_per_s", 1.0 if arrivals.rate_per_s is None else arrivals.rate_per_s, n,
         np.float64,
