@@ -43,6 +43,7 @@ import jax
 import numpy as np
 
 from kvstab.errors import InputError, check_number
+from kvstab.laws import JointEmpirical
 from kvstab.paper import CHUNK_TOKENS
 
 FORMATS = ("auto", "azure", "mooncake", "csv")
@@ -153,8 +154,6 @@ class Trace:
         Returns:
             :class:`kvstab.laws.JointEmpirical`.
         """
-        from kvstab.laws import JointEmpirical
-
         return JointEmpirical(self.prompt, self.output)
 
     def mean_g(self, chunk_tokens: int = CHUNK_TOKENS, form: str = "exact") -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from kvstab import analytic
 from kvstab.cli.common import (
     add_output_args,
     add_policy_args,
@@ -24,6 +25,7 @@ from kvstab.cli.common import (
     workload_from_args,
 )
 from kvstab.errors import InputError
+from kvstab.plotting import plot_boundary
 from kvstab.progress import Progress
 
 # API field names -> this command's flags (kvstab.cli.FLAG_FOR covers the shared ones).
@@ -97,8 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @flag_names(_FLAGS)
 def run(args: argparse.Namespace) -> int:
-    # JAX-heavy: imported when the command runs, so that `kvstab --help` starts fast.
-    from kvstab import analytic, stability
+    # The simulator and scipy (about 1 s): loaded when this command runs, not by every call.
+    from kvstab import stability
     from kvstab.sim import ConstantBatchTime, System, policy_from_names
 
     analytic.validate_system(args.kv_tokens, args.chunk, args.batch_time)
@@ -140,8 +142,6 @@ def run(args: argparse.Namespace) -> int:
             json.dump(data, f, indent=2)
             f.write("\n")
     if args.plot:
-        from kvstab.plotting import plot_boundary
-
         plot_boundary(result, args.plot)
     if args.json:
         print(json.dumps(data, indent=2))

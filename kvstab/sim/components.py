@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from kvstab.errors import InputError, check_number
+from kvstab.laws import as_joint
 from kvstab.paper import BATCH_TIME_S, CHUNK_TOKENS, KV_CAPACITY_TOKENS
-from kvstab.workload import BATCH_TIME_LAWS
+from kvstab.workload import BATCH_TIME_LAWS, batch_time_factors, replay_workload
 
 
 def _one_of(field: str, value: Any, allowed: tuple) -> None:
@@ -306,8 +307,6 @@ class RandomBatchTime(BatchTime):
 
     def factors(self, key, shape):
         """ξ of shape ``shape`` (float32), :func:`kvstab.workload.batch_time_factors`."""
-        from kvstab.workload import batch_time_factors
-
         return batch_time_factors(
             key,
             shape,
@@ -444,8 +443,6 @@ class Replay(Arrivals):
     name: ClassVar[str] = "replay"
 
     def __post_init__(self):
-        from kvstab.workload import replay_workload
-
         replay_workload(self.arrival_s, self.prompt, self.output)  # validates
 
     @property
@@ -472,8 +469,6 @@ class Workload:
         if self.lengths is None and not isinstance(self.arrivals, Replay):
             raise InputError("workload", "give a length law (or arrivals=Replay(...))")
         if self.lengths is not None:
-            from kvstab.laws import as_joint
-
             object.__setattr__(self, "lengths", as_joint(self.lengths))
 
 
