@@ -29,6 +29,7 @@ import numpy as np
 
 from kvstab import analytic, reference
 from kvstab.laws import Independent, Uniform
+from kvstab.paper import BATCH_TIME_S, CHUNK_TOKENS, KV_CAPACITY_TOKENS
 from kvstab.results import write_json
 from kvstab.sim import ConstantBatchTime, Policy, SimParams, StaticConfig, System
 from kvstab.sim.engine import compact_rows
@@ -36,7 +37,7 @@ from kvstab.sim.rollout import _rollout_jit, batch_rollout
 from kvstab.sim.state import init_state
 from kvstab.workload import sample_workload
 
-M, CHUNK, B = 131000, 512, 0.0372
+M, CHUNK, B = KV_CAPACITY_TOKENS, CHUNK_TOKENS, BATCH_TIME_S  # the paper's system
 
 
 def main(argv=None) -> int:

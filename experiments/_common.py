@@ -392,34 +392,38 @@ def stability_estimates(
     grid_points: int,
     replications: int,
     seed: int,
+    warmup_frac: float = 0.25,
     sizes: dict | None = None,
     progress: Progress | None = None,
     label: str = "",
-    **sim_options,
+    **words,
 ) -> dict:
     """μ_sim and λ* of one replica, each with a 95 % CI.
 
     One :func:`kvstab.stability.estimate_boundary` call: its saturated run gives μ_sim, its
-    loaded-start crossing fit λ*; the ``*_estimator`` fields say so.
+    loaded-start crossing fit λ*; the ``*_estimator`` fields say so. ``words``: the
+    system and policy in a results file's words (kv_capacity_tokens, batch_time_model,
+    order...: :func:`kvstab.sim.components_from_names`).
 
     Returns:
         dict with ``mu_sim``, ``mu_sim_ci``, ``mu_sim_estimator``, ``lambda_star``,
         ``lambda_star_ci``, ``lambda_star_estimator``, ``detail`` (the estimator's report).
     """
     from kvstab import stability
+    from kvstab.sim import components_from_names
 
+    comps = components_from_names(batch_time_s=batch_time_s, **words)
     r = stability.estimate_boundary(
         law,
-        kv_capacity_tokens=sim_options.pop("kv_capacity_tokens", KV_CAPACITY_TOKENS),
-        chunk_tokens=sim_options.pop("chunk_tokens", CHUNK_TOKENS),
-        batch_time_s=batch_time_s,
+        comps["system"],
+        comps["policy"],
         num_steps=num_steps,
         grid_points=grid_points,
         replications=replications,
         seed=seed,
+        warmup_frac=warmup_frac,
         sizes=sizes,
         progress=progress.stage(label) if progress is not None else None,
-        **sim_options,
     )
     d = r.to_dict()
     sat = d.get("saturation", {})

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from kvstab.errors import InputError, check_number
+from kvstab.paper import CHUNK_TOKENS
 from kvstab.sim import (
     ConstantBatchTime,
     LinearBatchTime,
@@ -124,7 +125,7 @@ def fit_batch_time(
     observed_finish_s,
     *,
     kv_capacity_tokens: int,
-    chunk_tokens: int = 512,
+    chunk_tokens: int = CHUNK_TOKENS,
     model: str = "constant",
     init: dict | None = None,
     num_steps: int | None = None,
@@ -302,7 +303,7 @@ def fit_kv_capacity(
     observed_throughput_per_s: float,
     *,
     batch_time_s: float,
-    chunk_tokens: int = 512,
+    chunk_tokens: int = CHUNK_TOKENS,
     init_tokens: float,
     sigma_frac: float = 0.02,
     num_pairs: int = 16,

@@ -9,6 +9,8 @@ references that kvstab's predictions and simulations are compared against.
 
 from __future__ import annotations
 
+from kvstab.laws import Independent, parse_law
+
 KV_CAPACITY_TOKENS = 131000  # M (PAPER.md §4, "M = 131,000 tokens")
 CHUNK_TOKENS = 512  # ŝ (PAPER.md §4, "ŝ = 512")
 BATCH_TIME_S = 0.0372  # b̄ of the 1:1 workload (PAPER.md §4, Table 1)
@@ -85,7 +87,5 @@ EXTRA_WORKLOADS = {
 
 def law_for(workload: str):
     """The joint law of a named synthetic workload (``"1:1"``, ``"2:1"``, ``"8:1"``, ...)."""
-    from kvstab.laws import Independent, parse_law
-
     row = WORKLOADS.get(workload) or EXTRA_WORKLOADS[workload]
     return Independent(parse_law(row["prompt"], "prompt"), parse_law(row["output"], "output"))

@@ -44,6 +44,7 @@ from kvstab.sim.components import (
     BatchTime,
     ConstantBatchTime,
     Policy,
+    RoundRobin,
     Router,
     System,
 )
@@ -563,8 +564,6 @@ def simulate_cluster(
 
     Flags: ``arrivals_exhausted`` as in :func:`simulate`, on the cluster's stream.
     """
-    from kvstab.sim.components import RoundRobin
-
     check_number("num_replicas", num_replicas, low=1, integer=True)
     if not isinstance(router, Router):
         raise InputError("router", f"must be a Router component, got {router!r}")

@@ -18,6 +18,7 @@ drawing a figure. The paper's numbers are in :mod:`kvstab.paper`; JSON I/O in
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import hashlib
@@ -31,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+import jax
 import numpy as np
 
 from kvstab import SIM_SEMANTICS_VERSION, __version__
@@ -57,8 +59,6 @@ def versions() -> dict:
 
 
 def environment() -> dict:
-    import jax
-
     try:
         devices = [str(d) for d in jax.devices()]
     except RuntimeError:  # pragma: no cover - no backend
@@ -241,8 +241,6 @@ class Skip:
 
 def experiment_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
     """Command line of one experiment script: ``python experiments/NAME.py [--quick] ...``."""
-    import argparse
-
     p = argparse.ArgumentParser(description=getattr(module, "TITLE", module.NAME))
     p.add_argument("--quick", action="store_true", help="small sizes (CI, a few CPU cores)")
     p.add_argument("--force", action="store_true", help="rerun even if results are fresh")
@@ -254,8 +252,6 @@ def experiment_main(module: ModuleType, argv: Sequence[str] | None = None) -> in
 
 def figure_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
     """Command line of one figure script: ``python paper_figures/NAME.py [--results] [--out]``."""
-    import argparse
-
     p = argparse.ArgumentParser(description=getattr(module, "TITLE", module.NAME))
     p.add_argument("--results", default="results", help="results directory (default results/)")
     p.add_argument("--out", default="paper_figures/out", help="output directory")

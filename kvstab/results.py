@@ -10,7 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+
+from kvstab import SIM_SEMANTICS_VERSION, __version__
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -63,10 +66,6 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
 
 def provenance() -> dict:
     """Versions stamped into every results file."""
-    import jax
-
-    from kvstab import SIM_SEMANTICS_VERSION, __version__
-
     return {
         "kvstab_version": __version__,
         "sim_semantics_version": SIM_SEMANTICS_VERSION,

@@ -90,10 +90,25 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
-from kvstab import SIM_SEMANTICS_VERSION, __version__
+from kvstab import SIM_SEMANTICS_VERSION, __version__, analytic, metrics
 from kvstab.errors import InputError, check_number
+from kvstab.laws import Independent, JointEmpirical, as_joint
+from kvstab.sim.api import simulate
+from kvstab.sim.components import (
+    FCFS,
+    LinearBatchTime,
+    Poisson,
+    Policy,
+    RandomBatchTime,
+    System,
+    Workload,
+)
+from kvstab.sim.sizing import request_buffer_size
 
 ALPHA = 0.025  # one-sided level of each drift test (a 95 % two-sided interval)
 REL_THRESHOLD = 0.01  # practical growth threshold, fraction of λ
@@ -119,31 +134,12 @@ PRECISIONS = {
     "fine": dict(grid_points=16, replications=16, num_steps=65536, refine=True),
 }
 
-_RESERVED = {
-    "saturated",
-    "arrival_rate_per_s",
-    "num_steps",
-    "num_trajectories",
-    "seed",
-    "initial_queue",
-    "warmup_frac",
-    "progress",
-    "kv_capacity_tokens",
-    "chunk_tokens",
-    "batch_time_s",
-    "admission",
-    "overflow",
-    "replay",
-}
-
 
 # ---------------------------------------------------------------------------------------------
 # Small statistics helpers
 
 
 def _t_sf(t: float, dof: int) -> float:
-    from scipy import stats
-
     return float(stats.t.sf(t, dof))
 
 
@@ -164,23 +160,17 @@ def _p_greater(x: np.ndarray, value: float) -> float:
 
 
 def _joint(law):
-    from kvstab.laws import as_joint
-
     return as_joint(law)
 
 
-def theory(law, *, kv_capacity_tokens: int, chunk_tokens: int, batch_time_s: float) -> dict:
-    """μ, δ, μ(1−δ) and E[g] (exact g) of the closed form, in double precision."""
-    import jax
+def theory(law, system: System = System()) -> dict:
+    """μ, δ, μ(1−δ) and E[g] (exact g) of the closed form, in double precision.
 
-    from kvstab import analytic
-
+    b̄ is the system's batch-time scale (:func:`system_values`)."""
+    M, chunk, b = system_values(law, system)
     with jax.enable_x64(True):
         rep = analytic.capacity(
-            _joint(law),
-            kv_capacity_tokens=int(kv_capacity_tokens),
-            chunk_tokens=int(chunk_tokens),
-            batch_time_s=float(batch_time_s),
+            _joint(law), kv_capacity_tokens=M, chunk_tokens=chunk, batch_time_s=b
         )
     return {"mu": rep.mu, "delta": rep.delta, "mu_stable": rep.mu_stable, "mean_g": rep.mean_g}
 
@@ -191,11 +181,6 @@ def lifetime_moments(law, chunk_tokens: int) -> tuple[float, float]:
     E[L²]/E[L] is the mean total lifetime of the request in progress at a random time (the
     size-biased mean): the time scale on which a cohort started together forgets its start.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from kvstab.laws import Independent, JointEmpirical
-
     joint = _joint(law)
     if isinstance(joint, Independent):
         with jax.enable_x64(True):
@@ -241,44 +226,57 @@ def warmup_steps(law, chunk_tokens: int, num_steps: int, warmup_frac: float = WA
     return int(math.ceil(frac * num_steps)), frac, text
 
 
-def _check_common(kv_capacity_tokens, chunk_tokens, batch_time_s, admission, overflow) -> None:
-    from kvstab.sim.components import ADMISSIONS, OVERFLOWS
+def system_values(law, system: System) -> tuple[int, int, float]:
+    """(M, ŝ, b̄) of one replica, checked (an :class:`InputError` naming the field).
 
-    check_number("kv_capacity_tokens", kv_capacity_tokens, low=1, integer=True)
-    check_number("chunk_tokens", chunk_tokens, low=1, integer=True)
-    check_number("batch_time_s", batch_time_s, low=0, low_open=True)
-    if admission not in ADMISSIONS:
-        raise InputError("admission", f"must be one of {', '.join(ADMISSIONS)}, got {admission!r}")
-    if overflow not in OVERFLOWS:
-        raise InputError("overflow", f"must be one of {', '.join(OVERFLOWS)}, got {overflow!r}")
-
-
-def _sim_args(M, chunk, b, admission, overflow, sim_options: dict, **run) -> dict:
-    """Keyword arguments of :func:`kvstab.sim.simulate`: the components named by this
-    module's words and ``sim_options`` (the command line's words, as
-    :func:`kvstab.sim.components_from_names` takes them, or simulate's own arguments)."""
-    import inspect
-
-    from kvstab.sim import components_from_names
-
-    opts = dict(sim_options)
-    names = inspect.signature(components_from_names).parameters
-    words = {k: opts.pop(k) for k in list(opts) if k in names}
-    comps = components_from_names(
-        kv_capacity_tokens=M,
-        chunk_tokens=chunk,
-        batch_time_s=b,
-        admission=admission,
-        overflow=overflow,
-        **words,
-    )
-    return {**comps, **opts, **run}
+    b̄ is the batch time's scale: ``batch_time_s`` of a constant or random batch time (the
+    median-like scale of b = b̄·ξ, as the paper's μ uses it), or for a linear batch time
+    the time of a full batch (:meth:`LinearBatchTime.mean_s`).
+    """
+    if not isinstance(system, System):
+        raise InputError("system", f"must be a kvstab.sim.System, got {system!r}")
+    M, chunk, bt = system.kv_capacity_tokens, system.chunk_tokens, system.batch_time
+    if isinstance(bt, LinearBatchTime):
+        s, o = (
+            np.asarray(x, np.float64) for x in _joint(law).sample(jax.random.PRNGKey(0), (4096,))
+        )
+        b = bt.mean_s(
+            chunk_tokens=chunk, kv_capacity_tokens=np.max(M), mean_total_tokens=np.mean(s + o)
+        )
+    else:
+        b = getattr(bt, "batch_time_s", None)
+    for field, v in (("kv_capacity_tokens", M), ("batch_time_s", b)):
+        if np.ndim(v) != 0:
+            raise InputError(field, "must be one number (one replica), not one per trajectory")
+    check_number("kv_capacity_tokens", M, low=1, integer=True)
+    check_number("chunk_tokens", chunk, low=1, integer=True)
+    check_number("batch_time_s", b, low=0, low_open=True)
+    return int(M), int(chunk), float(b)
 
 
-def _check_sim_options(sim_options: dict) -> None:
-    bad = sorted(set(sim_options) & _RESERVED)
-    if bad:
-        raise InputError(bad[0], "is set by the stability functions; do not pass it")
+def _check_policy(policy: Policy) -> None:
+    if not isinstance(policy, Policy):
+        raise InputError("policy", f"must be a kvstab.sim.Policy, got {policy!r}")
+
+
+def _other_components(system: System, policy: Policy) -> dict:
+    """The run's choices beyond M, ŝ, b̄, admission and overflow, in the command line's words
+    (:func:`kvstab.sim.components_from_names`); empty for the defaults (results files)."""
+    words: dict[str, Any] = {}
+    bt = system.batch_time
+    if isinstance(bt, RandomBatchTime):
+        words.update(
+            batch_time_model=bt.name,
+            batch_time_law=bt.law,
+            batch_time_sigma=bt.sigma,
+            slow_fraction=bt.slow_fraction,
+            slow_factor=bt.slow_factor,
+        )
+    elif isinstance(bt, LinearBatchTime):
+        words.update(batch_time_model=bt.name, linear_coefs=list(bt.coefs))
+    if not isinstance(policy.order, FCFS):
+        words.update(order=policy.order.name, spf_window=policy.order.window)
+    return words
 
 
 def _flags_of(res) -> list[str]:
@@ -358,8 +356,6 @@ def _backlogged_run(law, *, common: dict, sizes: dict, seed: int, progress):
     1e-9 req/s) it shares its compiled configuration with drift tests and rate grids of the
     same size (``sizes``).
     """
-    from kvstab.sim import Poisson, Workload, simulate
-
     sz = dict(sizes)
     n = int(common["num_trajectories"])
     for _ in range(4):
@@ -380,19 +376,15 @@ def _backlogged_run(law, *, common: dict, sizes: dict, seed: int, progress):
 
 def saturated_throughput(
     law,
+    system: System = System(),
+    policy: Policy = Policy(),
     *,
-    kv_capacity_tokens: int = 131000,
-    chunk_tokens: int = 512,
-    batch_time_s: float = 0.0372,
-    admission: str = "current",
-    overflow: str = "recompute",
     num_trajectories: int = 32,
     num_steps: int = 20000,
     seed: int = 0,
     warmup_frac: float = WARMUP_FRAC,
     sizes: dict | None = None,
     progress: Callable | None = None,
-    **sim_options: Any,
 ) -> SaturationResult:
     """μ_sim: completions per second with an endless backlog, after warm-up.
 
@@ -405,35 +397,28 @@ def saturated_throughput(
     warm-up from the same run (``warmup_check``).
 
     Args:
+        system: M, ŝ and the batch-time model of the replica (b̄: :func:`system_values`).
+        policy: admission, overflow and order.
         sizes: static capacities passed to the simulator (max_running, max_preempted,
             cal_len, num_requests); by default the buffer holds 1.5·μ·T·b̄ + 512 requests.
     """
-    _check_common(kv_capacity_tokens, chunk_tokens, batch_time_s, admission, overflow)
+    _, chunk_tokens, batch_time_s = system_values(law, system)
+    _check_policy(policy)
     check_number("num_trajectories", num_trajectories, low=2, integer=True)
     check_number("num_steps", num_steps, low=1, integer=True)
     check_number("seed", seed, low=0, integer=True)
     check_number("warmup_frac", warmup_frac, low=0, high=0.5, high_open=True)
-    _check_sim_options(sim_options)
-    mu = theory(
-        law,
-        kv_capacity_tokens=kv_capacity_tokens,
-        chunk_tokens=chunk_tokens,
-        batch_time_s=batch_time_s,
-    )["mu"]
+    mu = theory(law, system)["mu"]
     sz = dict(sizes or {})
-    sz.setdefault("num_requests", _backlog_requests(mu, num_steps * float(batch_time_s)))
+    sz.setdefault("num_requests", _backlog_requests(mu, num_steps * batch_time_s))
     _, frac, rule = warmup_steps(law, chunk_tokens, num_steps, warmup_frac)
-    common = _sim_args(
-        int(kv_capacity_tokens),
-        int(chunk_tokens),
-        float(batch_time_s),
-        admission,
-        overflow,
-        sim_options,
-        warmup_frac=frac,
-        num_steps=int(num_steps),
-        num_trajectories=int(num_trajectories),
-    )
+    common = {
+        "system": system,
+        "policy": policy,
+        "warmup_frac": frac,
+        "num_steps": int(num_steps),
+        "num_trajectories": int(num_trajectories),
+    }
     res, _ = _backlogged_run(law, common=common, sizes=sz, seed=seed, progress=progress)
     return _saturation_from(res, rule)
 
@@ -450,8 +435,6 @@ def _backlog_config(config: dict) -> dict:
 
 
 def _saturation_from(res, rule: str) -> SaturationResult:
-    from kvstab import metrics
-
     w = res.warmup_blocks
     nb = res.clock_s.shape[1]
     thr = res.throughput_per_traj()
@@ -591,8 +574,6 @@ def assess_drift(
         rate_per_s: the λ those trajectories ran at.
         mean_lifetime: E[⌈s/ŝ⌉ + o] in steps (:func:`mean_lifetime_steps`).
     """
-    from kvstab import metrics
-
     rows = np.arange(res.num_trajectories) if rows is None else np.asarray(rows)
     w = res.warmup_blocks
     nb = res.clock_s.shape[1]
@@ -696,12 +677,9 @@ def assess_drift(
 def drift_test(
     law,
     rate_per_s: float,
+    system: System = System(),
+    policy: Policy = Policy(),
     *,
-    kv_capacity_tokens: int = 131000,
-    chunk_tokens: int = 512,
-    batch_time_s: float = 0.0372,
-    admission: str = "current",
-    overflow: str = "recompute",
     num_trajectories: int = 16,
     num_steps: int = 20000,
     seed: int = 0,
@@ -710,7 +688,6 @@ def drift_test(
     alpha: float = ALPHA,
     sizes: dict | None = None,
     progress: Callable | None = None,
-    **sim_options: Any,
 ) -> DriftResult:
     """Simulate at arrival rate λ and apply the drift test (module docstring).
 
@@ -719,28 +696,20 @@ def drift_test(
     Returns a :class:`DriftResult`; ``config`` holds the simulation's configuration.
     ``sizes`` (static capacities) lets runs of the same size share one compilation.
     """
-    from kvstab.sim import Poisson, Workload, simulate
-
-    _check_common(kv_capacity_tokens, chunk_tokens, batch_time_s, admission, overflow)
+    _, chunk_tokens, _ = system_values(law, system)
+    _check_policy(policy)
     check_number("rate_per_s", rate_per_s, low=0)
     check_number("alpha", alpha, low=0, high=0.5, low_open=True, high_open=True)
-    _check_sim_options(sim_options)
     res = simulate(
         Workload(law, Poisson(float(rate_per_s)), initial_queue=int(initial_queue)),
-        **_sim_args(
-            int(kv_capacity_tokens),
-            int(chunk_tokens),
-            float(batch_time_s),
-            admission,
-            overflow,
-            sim_options,
-            num_steps=int(num_steps),
-            num_trajectories=int(num_trajectories),
-            seed=int(seed),
-            warmup_frac=warmup_steps(law, chunk_tokens, num_steps, warmup_frac)[1],
-            sizes=sizes,
-            progress=progress,
-        ),
+        system,
+        policy,
+        num_steps=int(num_steps),
+        num_trajectories=int(num_trajectories),
+        seed=int(seed),
+        warmup_frac=warmup_steps(law, chunk_tokens, num_steps, warmup_frac)[1],
+        sizes=sizes,
+        progress=progress,
     )
     out = assess_drift(
         res, rate_per_s, mean_lifetime=mean_lifetime_steps(law, chunk_tokens), alpha=alpha
@@ -1018,12 +987,9 @@ def loaded_start_queue(mu: float, horizon_s: float, running: float) -> int:
 
 def estimate_boundary(
     law,
+    system: System = System(),
+    policy: Policy = Policy(),
     *,
-    kv_capacity_tokens: int = 131000,
-    chunk_tokens: int = 512,
-    batch_time_s: float = 0.0372,
-    admission: str = "current",
-    overflow: str = "recompute",
     precision: str = "default",
     replications: int | None = None,
     num_steps: int | None = None,
@@ -1034,7 +1000,6 @@ def estimate_boundary(
     alpha: float = ALPHA,
     sizes: dict | None = None,
     progress: Callable[[float, float, str], None] | None = None,
-    **sim_options: Any,
 ) -> BoundaryResult:
     """Estimate the critical arrival rate λ* of one replica (module docstring).
 
@@ -1045,6 +1010,8 @@ def estimate_boundary(
 
     Args:
         law: joint law of (s, o) (bounded: max(s+o) ≤ M).
+        system: M, ŝ and the batch-time model of the replica (b̄: :func:`system_values`).
+        policy: admission, overflow and order.
         precision: 'fast' (tests), 'default' or 'fine': presets of the grid size K, the
             replications R per rate and the steps T (:data:`PRECISIONS`).
         replications, num_steps, grid_points: override the preset.
@@ -1052,22 +1019,16 @@ def estimate_boundary(
         sizes: static capacities for the simulator (max_running, max_preempted, cal_len,
             num_requests); equal sizes let several estimates share one compilation.
         progress: callable(done, total, stage), work counted in trajectory·steps.
-        sim_options: simulator options in the command line's words (order, spf_window,
-            batch-time model...: :func:`kvstab.sim.components_from_names`) or keyword
-            arguments of :func:`kvstab.sim.simulate` (max_attempts, outputs...).
     """
-    from kvstab.sim import Poisson, Workload, simulate
-    from kvstab.sim.sizing import request_buffer_size
-
     t0 = time.perf_counter()
     c0 = time.process_time()
-    _check_common(kv_capacity_tokens, chunk_tokens, batch_time_s, admission, overflow)
+    M, chunk, b = system_values(law, system)
+    _check_policy(policy)
     if precision not in PRECISIONS:
         raise InputError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     check_number("seed", seed, low=0, integer=True)
     check_number("alpha", alpha, low=0, high=0.5, low_open=True, high_open=True)
     check_number("warmup_frac", warmup_frac, low=0, high=0.5, high_open=True)
-    _check_sim_options(sim_options)
     p = dict(PRECISIONS[precision])
     for name, v in (
         ("replications", replications),
@@ -1081,8 +1042,7 @@ def estimate_boundary(
         check_number("initial_queue", initial_queue, low=1, integer=True)
     K, R, T = p["grid_points"], p["replications"], p["num_steps"]
     N = K * R
-    M, chunk, b = int(kv_capacity_tokens), int(chunk_tokens), float(batch_time_s)
-    th = theory(law, kv_capacity_tokens=M, chunk_tokens=chunk, batch_time_s=b)
+    th = theory(law, system)
     mu, mu_stable = th["mu"], th["mu_stable"]
     life = mean_lifetime_steps(law, chunk)
     joint = _joint(law)
@@ -1106,17 +1066,13 @@ def estimate_boundary(
             progress(min(done[0], total), total, stage)
 
     _, frac, rule = warmup_steps(law, chunk, T, warmup_frac)
-    common = _sim_args(
-        M,
-        chunk,
-        b,
-        admission,
-        overflow,
-        sim_options,
-        warmup_frac=frac,
-        num_steps=T,
-        num_trajectories=N,
-    )
+    common = {
+        "system": system,
+        "policy": policy,
+        "warmup_frac": frac,
+        "num_steps": T,
+        "num_trajectories": N,
+    }
     # Sizing from the closed form (μ ≥ λ* by Theorem 4.1): horizon, loaded start, buffers.
     horizon_est = T * b
     running_est = mu * b * life  # Little's law with the largest possible throughput
@@ -1268,8 +1224,8 @@ def estimate_boundary(
         "kv_capacity_tokens": M,
         "chunk_tokens": chunk,
         "batch_time_s": b,
-        "admission": admission,
-        "overflow": overflow,
+        "admission": policy.admission.name,
+        "overflow": policy.overflow.name,
         "precision": precision,
         "grid_points": K,
         "replications": R,
@@ -1288,7 +1244,8 @@ def estimate_boundary(
         "min_window_lifetimes": MIN_WINDOW_LIFETIMES,
         "mean_lifetime_steps": life,
         "drift_test": TEST_DESCRIPTION,
-        "sim_options": {k: _jsonable(v) for k, v in sim_options.items()},
+        # the other components, in components_from_names' words (empty for the defaults)
+        "sim_options": _jsonable(_other_components(system, policy)),
         "sizes": sz,
     }
     return BoundaryResult(

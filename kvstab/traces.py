@@ -43,6 +43,8 @@ import jax
 import numpy as np
 
 from kvstab.errors import InputError, check_number
+from kvstab.laws import JointEmpirical
+from kvstab.paper import CHUNK_TOKENS
 
 FORMATS = ("auto", "azure", "mooncake", "csv")
 CANONICAL = ("arrival_s", "prompt_tokens", "output_tokens")
@@ -152,11 +154,9 @@ class Trace:
         Returns:
             :class:`kvstab.laws.JointEmpirical`.
         """
-        from kvstab.laws import JointEmpirical
-
         return JointEmpirical(self.prompt, self.output)
 
-    def mean_g(self, chunk_tokens: int = 512, form: str = "exact") -> float:
+    def mean_g(self, chunk_tokens: int = CHUNK_TOKENS, form: str = "exact") -> float:
         """Empirical E[g(s, o)] over the requests, token·steps (PAPER.md §2), in float64.
 
         g = prefill + s·o + o(o+1)/2 with prefill Σ_{j=1}^{⌈s/ŝ⌉} min(jŝ, s) = ŝc(c−1)/2 + s,
@@ -210,7 +210,7 @@ class Trace:
             )
         return self._subset(slice(0, n_train)), self._subset(slice(n_train, None))
 
-    def summary(self, chunk_tokens: int = 512) -> dict[str, Any]:
+    def summary(self, chunk_tokens: int = CHUNK_TOKENS) -> dict[str, Any]:
         """Statistics of the trace (arrival process, lengths, E[g]).
 
         Args:

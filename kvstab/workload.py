@@ -22,6 +22,7 @@ ARRIVALS = ("poisson", "deterministic", "saturated", "replay")
 
 
 def _static_routers() -> tuple:
+    # Local: kvstab.sim.components imports this module (BATCH_TIME_LAWS), a cycle at top.
     from kvstab.sim.components import STATIC_ROUTERS
 
     return STATIC_ROUTERS

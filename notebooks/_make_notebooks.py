@@ -35,10 +35,12 @@ def quickstart() -> nbformat.NotebookNode:
         new_code_cell(SETUP),
         new_markdown_cell("## 1. Capacity in closed form"),
         new_code_cell(
-            "from kvstab import Uniform, analytic\n\n"
-            "rep = analytic.capacity(Uniform(10, 1600), Uniform(10, 1600), "
-            "kv_capacity_tokens=131000,\n"
-            "                        chunk_tokens=512, batch_time_s=0.0372, rate_per_s=3.0)\n"
+            "from kvstab import Uniform, analytic\n"
+            "from kvstab.paper import BATCH_TIME_S, CHUNK_TOKENS, KV_CAPACITY_TOKENS\n\n"
+            "rep = analytic.capacity(Uniform(10, 1600), Uniform(10, 1600),\n"
+            "                        kv_capacity_tokens=KV_CAPACITY_TOKENS, "
+            "chunk_tokens=CHUNK_TOKENS,\n"
+            "                        batch_time_s=BATCH_TIME_S, rate_per_s=3.0)\n"
             'print(f"E[g]    = {rep.mean_g:,.0f} token·steps")\n'
             'print(f"mu      = {rep.mu:.3f} req/s   (unstable above, Theorem 4.1)")\n'
             'print(f"mu(1-d) = {rep.mu_stable:.3f} req/s   (stable below, Theorem 4.2)")\n'
@@ -56,8 +58,8 @@ def quickstart() -> nbformat.NotebookNode:
             "from kvstab.sim import ConstantBatchTime, Poisson, Saturated, System, Workload, "
             "simulate\n\n"
             "law = Independent(Uniform(10, 1600), Uniform(10, 1600))\n"
-            "system = System(kv_capacity_tokens=131000, chunk_tokens=512, "
-            "batch_time=ConstantBatchTime(0.0372))\n"
+            "system = System(kv_capacity_tokens=KV_CAPACITY_TOKENS, chunk_tokens=CHUNK_TOKENS,\n"
+            "                batch_time=ConstantBatchTime(BATCH_TIME_S))\n"
             "rates = np.array([2.0, 3.0, 4.0])\n"
             "n = 2 if TOY else 16\n"
             "res = simulate(Workload(law, Poisson(np.repeat(rates, n))), system,\n"
@@ -116,21 +118,25 @@ def boundary() -> nbformat.NotebookNode:
         ),
         new_code_cell(SETUP),
         new_code_cell(
-            "from kvstab import Independent, Uniform, analytic\n\n"
+            "from kvstab import Independent, Uniform, analytic\n"
+            "from kvstab.paper import BATCH_TIME_S, CHUNK_TOKENS, KV_CAPACITY_TOKENS\n\n"
             "if TOY:  # short requests and a small KV cache: the same physics, 100x faster\n"
             "    law, M, b = Independent(Uniform(10, 200), Uniform(10, 200)), 8000, 0.02\n"
             "else:  # the paper's 1:1 workload\n"
-            "    law, M, b = Independent(Uniform(10, 1600), Uniform(10, 1600)), 131000, 0.0372\n"
-            "rep = analytic.capacity(law, kv_capacity_tokens=M, chunk_tokens=512, "
+            "    law = Independent(Uniform(10, 1600), Uniform(10, 1600))\n"
+            "    M, b = KV_CAPACITY_TOKENS, BATCH_TIME_S\n"
+            "rep = analytic.capacity(law, kv_capacity_tokens=M, chunk_tokens=CHUNK_TOKENS, "
             "batch_time_s=b)\n"
             'print(f"mu = {rep.mu:.3f} req/s, mu(1-delta) = {rep.mu_stable:.3f} req/s, "\n'
             '      f"delta = {rep.delta:.3f}")'
         ),
         new_code_cell(
-            "from kvstab import stability\n\n"
+            "from kvstab import stability\n"
+            "from kvstab.sim import ConstantBatchTime, System\n\n"
+            "system = System(kv_capacity_tokens=M, chunk_tokens=CHUNK_TOKENS, "
+            "batch_time=ConstantBatchTime(b))\n"
             "res = stability.estimate_boundary(\n"
-            "    law, kv_capacity_tokens=M, chunk_tokens=512, batch_time_s=b,\n"
-            '    precision="fast",\n'
+            '    law, system, precision="fast",\n'
             "    num_steps=2000 if TOY else None, grid_points=5 if TOY else None,\n"
             "    replications=3 if TOY else None, seed=0)\n"
             "print(res.summary_text())"
@@ -202,10 +208,12 @@ def calibrate() -> nbformat.NotebookNode:
             "timings)."
         ),
         new_code_cell(
-            "from kvstab import fit\n\n"
-            "report = fit.fit_lengths(trace, 0.8, steps=60 if TOY else 300, "
-            "kv_capacity_tokens=131000,\n"
-            "                         chunk_tokens=512, batch_time_s=0.0372)\n"
+            "from kvstab import fit\n"
+            "from kvstab.paper import BATCH_TIME_S, CHUNK_TOKENS, KV_CAPACITY_TOKENS\n\n"
+            "report = fit.fit_lengths(trace, 0.8, steps=60 if TOY else 300,\n"
+            "                         kv_capacity_tokens=KV_CAPACITY_TOKENS, "
+            "chunk_tokens=CHUNK_TOKENS,\n"
+            "                         batch_time_s=BATCH_TIME_S)\n"
             "d = report.to_dict()\n"
             'print(d["fit"]["law"])\n'
             "print(f\"optimizer steps {d['fit']['steps']}, converged: {d['fit']['converged']}\")\n"
@@ -228,7 +236,8 @@ def calibrate() -> nbformat.NotebookNode:
         new_code_cell(
             "from kvstab.sim import Saturated, System, Workload, simulate\n\n"
             "train, test = trace.split(0.8)\n"
-            "sat = simulate(Workload(test.joint_law(), Saturated()), System(131000, 512),\n"
+            "sat = simulate(Workload(test.joint_law(), Saturated()),\n"
+            "               System(KV_CAPACITY_TOKENS, CHUNK_TOKENS),\n"
             "               num_steps=1000 if TOY else 20000, num_trajectories=4 if TOY else 32,\n"
             "               seed=0)\n"
             'mu_sim = sat.summary()["throughput_per_s"]\n'

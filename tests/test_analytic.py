@@ -19,8 +19,9 @@ from kvstab.laws import (
     LogNormal,
     Uniform,
 )
+from kvstab.paper import BATCH_TIME_S, CHUNK_TOKENS, KV_CAPACITY_TOKENS
 
-M, CHUNK = 131000, 512
+M, CHUNK = KV_CAPACITY_TOKENS, CHUNK_TOKENS  # the paper's system
 
 
 def brute_g(s, o, chunk):
@@ -139,30 +140,32 @@ def _check_grads():
     def mu(kv, b, law):
         return analytic.mu_for(law, kv, b, CHUNK)
 
-    gm, gb, glaw = jax.grad(mu, argnums=(0, 1, 2))(131000.0, 0.0372, joint)
+    gm, gb, glaw = jax.grad(mu, argnums=(0, 1, 2))(float(M), BATCH_TIME_S, joint)
     h = 1.0
-    fd_m = (mu(131000.0 + h, 0.0372, joint) - mu(131000.0 - h, 0.0372, joint)) / (2 * h)
+    fd_m = (mu(float(M) + h, BATCH_TIME_S, joint) - mu(float(M) - h, BATCH_TIME_S, joint)) / (2 * h)
     assert float(gm) == pytest.approx(float(fd_m), rel=1e-3)
     hb = 1e-5
-    fd_b = (mu(131000.0, 0.0372 + hb, joint) - mu(131000.0, 0.0372 - hb, joint)) / (2 * hb)
+    fd_b = (mu(float(M), BATCH_TIME_S + hb, joint) - mu(float(M), BATCH_TIME_S - hb, joint)) / (
+        2 * hb
+    )
     assert float(gb) == pytest.approx(float(fd_b), rel=1e-3)
     hm = 0.5
     up = Independent(joint.prompt, Geometric(300.0 + hm, cap=3000))
     dn = Independent(joint.prompt, Geometric(300.0 - hm, cap=3000))
-    fd_law = (mu(131000.0, 0.0372, up) - mu(131000.0, 0.0372, dn)) / (2 * hm)
+    fd_law = (mu(float(M), BATCH_TIME_S, up) - mu(float(M), BATCH_TIME_S, dn)) / (2 * hm)
     assert float(glaw.output.mean_value) == pytest.approx(float(fd_law), rel=1e-2)
     assert float(glaw.output.mean_value) < 0  # longer outputs, lower capacity
 
     ln = Independent(LogNormal(500.0, 0.6, cap=4000), Uniform(10, 500))
-    g_ln = jax.grad(lambda law: mu(131000.0, 0.0372, law))(ln)
+    g_ln = jax.grad(lambda law: mu(float(M), BATCH_TIME_S, law))(ln)
     for name, h in (("median", 1.0), ("sigma", 1e-3)):
 
         def at(v, name=name):
             kw = {"median": 500.0, "sigma": 0.6, name: v}
             return float(
                 mu(
-                    131000.0,
-                    0.0372,
+                    float(M),
+                    BATCH_TIME_S,
                     Independent(LogNormal(kw["median"], kw["sigma"], cap=4000), ln.output),
                 )
             )
@@ -198,7 +201,7 @@ def test_verdict_and_gpus():
     ],
 )
 def test_bad_input_raises_value_error_naming_the_field(kwargs, field, words):
-    base = dict(kv_capacity_tokens=M, chunk_tokens=CHUNK, batch_time_s=0.0372)
+    base = dict(kv_capacity_tokens=M, chunk_tokens=CHUNK, batch_time_s=BATCH_TIME_S)
     base.update(kwargs)
     with pytest.raises(ValueError, match=words) as exc:
         analytic.capacity(Uniform(10, 1600), Uniform(10, 1600), **base)

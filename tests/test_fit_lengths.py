@@ -19,6 +19,7 @@ import pytest
 
 from kvstab import analytic, fit
 from kvstab.errors import InputError
+from kvstab.paper import BATCH_TIME_S, CHUNK_TOKENS, KV_CAPACITY_TOKENS
 from kvstab.traces import read_trace
 
 ND = NormalDist()
@@ -206,11 +207,17 @@ def test_qq_data_shapes():
 def test_azure_conv_80_20_mean_g(trace_dir):
     """Fit on the first 80 % (15,492 requests); E[g] of the fit within 5 % of the held-out 20 %."""
     tr = read_trace(trace_dir / "AzureLLMInferenceTrace_conv.csv")
-    rep = fit.fit_lengths(tr, 0.8, chunk_tokens=512, kv_capacity_tokens=131000, batch_time_s=0.0372)
+    rep = fit.fit_lengths(
+        tr,
+        0.8,
+        chunk_tokens=CHUNK_TOKENS,
+        kv_capacity_tokens=KV_CAPACITY_TOKENS,
+        batch_time_s=BATCH_TIME_S,
+    )
     d = rep.to_dict()
     assert (rep.num_train, rep.num_test) == (15492, 3874)
     assert abs(rep.rel_error_test) < 0.05, d["rel_error_test"]
-    assert d["mu_fit"] == pytest.approx(131000 / (0.0372 * rep.mean_g_fit))
+    assert d["mu_fit"] == pytest.approx(KV_CAPACITY_TOKENS / (BATCH_TIME_S * rep.mean_g_fit))
     assert rep.num_test_outside_support == 0 and math.isfinite(d["loglik_test_per_request"])
     assert len(d["qq"]["prompt"]["fit"]) == 99
     json.dumps(d)

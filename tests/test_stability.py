@@ -24,13 +24,15 @@ from kvstab import (
     stability,
 )
 from kvstab.errors import InputError
+from kvstab.paper import BATCH_TIME_S, CHUNK_TOKENS, KV_CAPACITY_TOKENS
+from kvstab.sim import ConstantBatchTime, Policy, System
 
 # ---------------------------------------------------------------------------------------------
 # Workloads (PAPER.md §4, Table 1): M = 131,000, chunk 512.
 
-M_PAPER = 131000
+M_PAPER = KV_CAPACITY_TOKENS
 TABLE1 = {
-    "1:1": (Independent(Uniform(10, 1600), Uniform(10, 1600)), 0.0372),
+    "1:1": (Independent(Uniform(10, 1600), Uniform(10, 1600)), BATCH_TIME_S),
     "2:1": (Independent(Uniform(10, 2133), Uniform(10, 1066)), 0.0430),
     "1:2": (Independent(Uniform(10, 1066), Uniform(10, 2133)), 0.0337),
 }
@@ -50,8 +52,12 @@ POLICIES = [
 ]
 
 
+def _system(M=M_PAPER, b=B_ONE_TO_ONE):
+    return System(M, CHUNK_TOKENS, ConstantBatchTime(b))
+
+
 def _theory(law, b, M=M_PAPER):
-    return stability.theory(law, kv_capacity_tokens=M, chunk_tokens=512, batch_time_s=b)
+    return stability.theory(law, _system(M, b))
 
 
 def _within(x, ref, rel):
@@ -94,7 +100,7 @@ def _ar1(rng, n, nb, mean, sd, phi=0.8):
     return np.maximum(mean + q, 0.0)
 
 
-BLOCK_S = 64 * 0.0372  # 64 steps of 37.2 ms
+BLOCK_S = 64 * BATCH_TIME_S  # 64 steps of 37.2 ms
 LIFETIME = 10.0  # steps: the 75-block windows below span hundreds of lifetimes
 
 
@@ -207,12 +213,17 @@ def test_input_errors_name_the_field():
     with pytest.raises(InputError) as e:
         stability.saturated_throughput(ONE_TO_ONE, num_trajectories=1)
     assert e.value.field == "num_trajectories"
-    with pytest.raises(InputError) as e:
+    with pytest.raises(TypeError):  # the run's kind is the function's: no saturated= option
         stability.drift_test(ONE_TO_ONE, 1.0, saturated=True)
-    assert e.value.field == "saturated"
     with pytest.raises(InputError) as e:
-        stability.saturated_throughput(ONE_TO_ONE, admission="greedy")
+        stability.saturated_throughput(ONE_TO_ONE, policy="greedy")
+    assert e.value.field == "policy"
+    with pytest.raises(InputError) as e:
+        stability.saturated_throughput(ONE_TO_ONE, Policy.from_names(admission="greedy"))
     assert e.value.field == "admission"
+    with pytest.raises(InputError) as e:
+        stability.estimate_boundary(ONE_TO_ONE, System(kv_capacity_tokens=[8000, 9000]))
+    assert e.value.field == "kv_capacity_tokens"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,8 +253,7 @@ def test_table1_mu_sim_and_lambda_star_within_3_percent(name):
     law, b = TABLE1[name]
     res = stability.estimate_boundary(
         law,
-        kv_capacity_tokens=M_PAPER,
-        batch_time_s=b,
+        _system(b=b),
         precision="fast",
         seed=11,
         sizes=SIZES_TABLE1,
@@ -263,9 +273,7 @@ def test_table1_mu_sim_and_lambda_star_within_3_percent(name):
 @pytest.mark.parametrize("name", list(TABLE1))
 def test_table1_default_precision_lambda_star_ci_within_3_percent(name):
     law, b = TABLE1[name]
-    res = stability.estimate_boundary(
-        law, kv_capacity_tokens=M_PAPER, batch_time_s=b, precision="default", seed=12
-    )
+    res = stability.estimate_boundary(law, _system(b=b), precision="default", seed=12)
     _check_table1(name, res, ci_of_lambda=True)
 
 
@@ -276,10 +284,8 @@ def test_table1_default_precision_lambda_star_ci_within_3_percent(name):
 def _mu_sim(admission, overflow, n, T, sizes, seed):
     return stability.saturated_throughput(
         ONE_TO_ONE,
-        kv_capacity_tokens=M_PAPER,
-        batch_time_s=B_ONE_TO_ONE,
-        admission=admission,
-        overflow=overflow,
+        _system(),
+        Policy.from_names(admission, overflow),
         num_trajectories=n,
         num_steps=T,
         seed=seed,
@@ -291,10 +297,8 @@ def _drift(rate, admission, overflow, n, T, sizes, seed, law=ONE_TO_ONE, M=M_PAP
     return stability.drift_test(
         law,
         rate,
-        kv_capacity_tokens=M,
-        batch_time_s=b,
-        admission=admission,
-        overflow=overflow,
+        _system(M, b),
+        Policy.from_names(admission, overflow),
         num_trajectories=n,
         num_steps=T,
         seed=seed,
@@ -358,7 +362,7 @@ def test_short_run_is_inconclusive():
     d = stability.drift_test(
         ONE_TO_ONE,
         1.5 * mu,
-        batch_time_s=B_ONE_TO_ONE,
+        _system(),
         num_trajectories=4,
         num_steps=512,
         seed=3,
@@ -420,9 +424,8 @@ def test_stretched_cases_swap_in_band_recompute_below_mu(case):
     for overflow in ("swap", "recompute"):
         res = stability.estimate_boundary(
             law,
-            kv_capacity_tokens=M,
-            batch_time_s=B_ONE_TO_ONE,
-            overflow=overflow,
+            _system(M),
+            Policy.from_names(overflow=overflow),
             precision="fast",
             seed=41,
         )

@@ -10,9 +10,11 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
+from kvstab import __version__
 from kvstab.cli import boundary, capacity, fit, reproduce, simulate
 from kvstab.errors import InputError
 
@@ -61,8 +63,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kvstab import __version__
-
     parser = _Parser(
         prog="kvstab",
         description="Will an LLM service stay stable under its KV-cache limit? Closed forms, "
@@ -82,8 +82,6 @@ def use_all_cpu_cores() -> None:
     Must run before JAX creates its CPU backend (the command line calls it first). Respects
     an XLA_FLAGS that already sets the device count, and KVSTAB_CPU_DEVICES (e.g. 1).
     """
-    import os
-
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" in flags:
         return
@@ -106,8 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kvstab {args.command}: error: {flag}: {e.message}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:

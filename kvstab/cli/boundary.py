@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from kvstab import analytic
 from kvstab.cli.common import (
     add_output_args,
     add_policy_args,
@@ -24,6 +25,7 @@ from kvstab.cli.common import (
     workload_from_args,
 )
 from kvstab.errors import InputError
+from kvstab.plotting import plot_boundary
 from kvstab.progress import Progress
 
 # API field names -> this command's flags (kvstab.cli.FLAG_FOR covers the shared ones).
@@ -97,7 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @flag_names(_FLAGS)
 def run(args: argparse.Namespace) -> int:
-    from kvstab import analytic, stability
+    # The simulator and scipy (about 1 s): loaded when this command runs, not by every call.
+    from kvstab import stability
+    from kvstab.sim import ConstantBatchTime, System, policy_from_names
 
     analytic.validate_system(args.kv_tokens, args.chunk, args.batch_time)
     for name, v, low in (
@@ -120,11 +124,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = stability.estimate_boundary(
             joint,
-            kv_capacity_tokens=args.kv_tokens,
-            chunk_tokens=args.chunk,
-            batch_time_s=args.batch_time,
-            admission=args.admission,
-            overflow=args.overflow,
+            System(args.kv_tokens, args.chunk, ConstantBatchTime(args.batch_time)),
+            policy_from_names(args.admission, args.overflow),
             precision=args.precision,
             replications=args.trajectories,
             num_steps=args.steps,
@@ -141,8 +142,6 @@ def run(args: argparse.Namespace) -> int:
             json.dump(data, f, indent=2)
             f.write("\n")
     if args.plot:
-        from kvstab.plotting import plot_boundary
-
         plot_boundary(result, args.plot)
     if args.json:
         print(json.dumps(data, indent=2))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+import jax
+
+from kvstab import analytic
 from kvstab.cli.common import (
     add_output_args,
     add_workload_args,
@@ -44,13 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvstab import analytic
-
     analytic.validate_system(args.kv_tokens, args.chunk, args.batch_time)
     joint = workload_from_args(args)
     check_fits_memory(joint, args.kv_tokens)
-    import jax
-
     with jax.enable_x64(True):  # exact sums over ~10^6 support points in double precision
         report = analytic.capacity(
             joint,

@@ -19,8 +19,9 @@ import functools
 import os
 from collections.abc import Callable, Mapping
 
-from kvstab import paper
+from kvstab import paper, traces
 from kvstab.errors import InputError
+from kvstab.laws import Independent, parse_law
 
 DEFAULTS = {
     "prompt": paper.WORKLOADS["1:1"]["prompt"],
@@ -203,11 +204,7 @@ def add_output_args(
 
 def workload_from_args(args: argparse.Namespace):
     """Build the joint law from --trace or --prompt/--output."""
-    from kvstab.laws import Independent, parse_law
-
     if args.trace:
-        from kvstab import traces
-
         trace = traces.read_trace(args.trace, fmt=args.trace_format)
         return trace.joint_law()
     return Independent(parse_law(args.prompt, "prompt"), parse_law(args.output, "output"))
@@ -215,8 +212,6 @@ def workload_from_args(args: argparse.Namespace):
 
 def check_fits_memory(joint, kv_tokens: int) -> None:
     """A request with s + o > M can never be served; unbounded laws need a cap."""
-    from kvstab.laws import Independent
-
     if isinstance(joint, Independent):
         for name, law in (("prompt", joint.prompt), ("output", joint.output)):
             if law.max_value is None:

@@ -22,6 +22,7 @@ import math
 import jax
 import numpy as np
 
+from kvstab import analytic, traces
 from kvstab.cli.common import (
     TRACE_FORMATS,
     add_output_args,
@@ -32,6 +33,7 @@ from kvstab.cli.common import (
 )
 from kvstab.errors import InputError, check_number
 from kvstab.progress import Progress
+from kvstab.traces import detect_bucket_s
 
 # API field names -> this command's flags (kvstab.cli.FLAG_FOR covers the shared ones).
 _FLAGS = {
@@ -157,8 +159,6 @@ def _parse_columns(text: str | None) -> dict[str, str] | None:
 
 
 def _jitter_width(trace, option: str) -> float | None:
-    from kvstab.traces import detect_bucket_s
-
     if option == "none":
         return None
     if option != "auto":
@@ -182,7 +182,7 @@ def _jitter_width(trace, option: str) -> float | None:
 
 @flag_names(_FLAGS)
 def run(args: argparse.Namespace) -> int:
-    from kvstab import analytic, fit, traces
+    from kvstab import fit  # optax and the fitting code: only `kvstab fit` loads them
 
     analytic.validate_system(args.kv_tokens, args.chunk, args.batch_time)
     check_number("frac", args.train_frac, low=0, high=1, low_open=True, high_open=True)

@@ -21,6 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
+from kvstab import reproduce as rp
 from kvstab.errors import InputError
 from kvstab.progress import Progress
 
@@ -80,8 +81,6 @@ def _split(values: list[str] | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvstab import reproduce as rp
-
     root = Path(args.repo).resolve() if args.repo else rp.repo_root()
     if root is None or not (root / "experiments").is_dir():
         raise InputError(

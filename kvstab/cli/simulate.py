@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from kvstab import analytic
 from kvstab.cli.common import (
     add_batch_time_args,
     add_output_args,
@@ -18,10 +19,11 @@ from kvstab.cli.common import (
 )
 from kvstab.errors import InputError
 from kvstab.progress import Progress
+from kvstab.results import to_jsonable, write_json
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvstab import analytic
+    # The simulator (JAX-heavy): loaded when this command runs, not by every `kvstab` call.
     from kvstab.sim import components_from_names, simulate, workload_from_names
 
     analytic.validate_system(args.kv_tokens, args.chunk, args.batch_time)
@@ -84,12 +86,8 @@ def run(args: argparse.Namespace) -> int:
             summ[k] = None
     out = {**summ, "config": res.config}
     if args.out:
-        from kvstab.results import write_json
-
         write_json(args.out, {"kind": "simulate", "summary": summ, "config": res.config})
     if args.json:
-        from kvstab.results import to_jsonable
-
         print(json.dumps(to_jsonable(out), indent=2))
         return 0
     lo, hi = summ["throughput_ci"]

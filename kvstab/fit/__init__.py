@@ -16,7 +16,7 @@ The public names of all three are importable from here (``from kvstab.fit import
 fit_lengths``).
 """
 
-from kvstab.fit._optim import Progress, log_ndtr_diff, log_ndtr_interval, text_progress
+from kvstab.fit._optim import Progress, log_ndtr_diff, log_ndtr_interval
 from kvstab.fit.arrivals import (
     ArrivalFits,
     ArrivalModel,
@@ -79,6 +79,5 @@ __all__ = [
     "read_batch_log",
     "sample_arrivals",
     "sample_gaps",
-    "text_progress",
     "trimmed_mean",
 ]

@@ -7,7 +7,8 @@ log-likelihood, or a Huber loss): a pure ``jax.numpy`` function ``loss(params, d
 recompile. :func:`_minimize` is L-BFGS: the direction from ``optax.scale_by_lbfgs``, the
 step from a backtracking line search driven from Python, so that only the ``jit``-compiled
 value-and-gradient (:func:`_compiled`, cached per loss) is compiled and a ``progress``
-callback (:data:`Progress`, :func:`text_progress`) reports each step.
+callback (:data:`Progress`; the command line passes
+:meth:`kvstab.progress.Progress.optimizer`) reports each step.
 
 Computations run in float32 (x64 is not enabled). Log-probabilities of small normal
 intervals therefore use a series on exactly computed widths (:func:`log_ndtr_interval`,
@@ -17,7 +18,6 @@ intervals therefore use a series on exactly computed widths (:func:`log_ndtr_int
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -212,18 +212,3 @@ def _compiled(loss):
             direction,
         )
     return _COMPILED[loss]
-
-
-def text_progress(stream=None, every: int = 10) -> Progress:
-    """A progress callback printing one line per ``every`` steps (``\\r``-updated on a tty)."""
-    stream = sys.stderr if stream is None else stream
-    tty = getattr(stream, "isatty", lambda: False)()
-
-    def report(label: str, step: int, total: int, loss: float) -> None:
-        if tty:
-            stream.write(f"\r  fitting {label}: step {step}/{total}  loss {loss:.6g}   ")
-            stream.flush()
-        elif step == 1 or step % every == 0:
-            stream.write(f"  fitting {label}: step {step}/{total}  loss {loss:.6g}\n")
-
-    return report

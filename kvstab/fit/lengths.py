@@ -43,6 +43,7 @@ from kvstab.fit._optim import (
     log_ndtr_interval,
 )
 from kvstab.laws import JointLaw, LengthLaw, _pytree
+from kvstab.paper import BATCH_TIME_S, CHUNK_TOKENS, KV_CAPACITY_TOKENS
 from kvstab.request import check_form, prefill_area
 from kvstab.traces import Trace
 
@@ -786,9 +787,9 @@ def fit_lengths(
     *,
     components: int = 1,
     steps: int = 300,
-    chunk_tokens: int = 512,
-    kv_capacity_tokens: int = 131000,
-    batch_time_s: float = 0.0372,
+    chunk_tokens: int = CHUNK_TOKENS,
+    kv_capacity_tokens: int = KV_CAPACITY_TOKENS,
+    batch_time_s: float = BATCH_TIME_S,
     progress: Progress | None = None,
     qq_points: int = 99,
 ) -> LengthFitReport:

@@ -17,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kvstab import SIM_SEMANTICS_VERSION
+from kvstab import SIM_SEMANTICS_VERSION, __version__, metrics
 from kvstab.errors import InputError, check_number
+from kvstab.metrics import warmup_blocks
+from kvstab.paper import BATCH_TIME_S
 from kvstab.sim.components import (
     Cluster,
     ConstantBatchTime,
@@ -44,6 +46,7 @@ from kvstab.sim.state import (
     StaticConfig,
     StepOut,
 )
+from kvstab.workload import replay_workload, sample_workload, split_stream
 
 
 @dataclasses.dataclass
@@ -91,21 +94,15 @@ class SimResult:
 
     def throughput_per_traj(self) -> np.ndarray:
         """Completions per second after warm-up, per trajectory (summed over replicas)."""
-        from kvstab import metrics
-
         return metrics.throughput_per_traj(self.completed, self.clock_s, self.warmup_blocks)
 
     def queue_slope_per_traj(self) -> np.ndarray:
         """Growth rate of the waiting queue after warm-up, requests/s, per trajectory."""
-        from kvstab import metrics
-
         w = self.warmup_blocks
         return metrics.slope_per_traj(self.queue_end[:, w:], self.clock_s[:, w:])
 
     def summary(self) -> dict:
         """The numbers ``kvstab simulate --json`` prints."""
-        from kvstab import metrics
-
         w = self.warmup_blocks
         thr = self.throughput_per_traj()
         if thr.size >= 2:
@@ -213,10 +210,6 @@ def simulate(
         SimResult. Raises InputError on bad input; if a static cap is still hit after
         ``max_attempts`` runs, the flags are returned in the result (never hidden).
     """
-    from kvstab import __version__
-    from kvstab.metrics import warmup_blocks
-    from kvstab.workload import replay_workload, sample_workload, split_stream
-
     wall0 = time.perf_counter()
     for field, value, kind in (
         ("workload", workload, Workload),
@@ -255,7 +248,8 @@ def simulate(
             f"max(s+o) = {joint.max_total} exceeds kv_capacity_tokens M = {int(M_arr.min())}; "
             "such a request can never be served",
         )
-    b_arr = _per_traj("batch_time_s", getattr(bt, "batch_time_s", 0.0372), n, np.float64)
+    # A batch time without b̄ (linear) ignores b_arr: the paper's b̄ is a placeholder.
+    b_arr = _per_traj("batch_time_s", getattr(bt, "batch_time_s", BATCH_TIME_S), n, np.float64)
     lam_arr = _per_traj(
         "arrival_rate_per_s", 1.0 if arrivals.rate_per_s is None else arrivals.rate_per_s, n,
         np.float64,

@@ -36,7 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from kvstab.errors import InputError, check_number
-from kvstab.workload import BATCH_TIME_LAWS
+from kvstab.laws import as_joint
+from kvstab.paper import BATCH_TIME_S, CHUNK_TOKENS, KV_CAPACITY_TOKENS
+from kvstab.workload import BATCH_TIME_LAWS, batch_time_factors, replay_workload
 
 
 def _one_of(field: str, value: Any, allowed: tuple) -> None:
@@ -226,7 +228,7 @@ class BatchTime:
 class ConstantBatchTime(BatchTime):
     """b_k = b̄ (a scalar, or one per trajectory)."""
 
-    batch_time_s: Any = 0.0372
+    batch_time_s: Any = BATCH_TIME_S
     name: ClassVar[str] = "constant"
 
     def __post_init__(self):
@@ -281,7 +283,7 @@ class RandomBatchTime(BatchTime):
     """b_k = b̄·ξ_k, ξ_k i.i.d.: ``lognormal`` exp(σZ), or ``two_point`` (a fraction
     ``slow_fraction`` of the batches ``slow_factor`` times slower, times exp(σZ))."""
 
-    batch_time_s: Any = 0.0372
+    batch_time_s: Any = BATCH_TIME_S
     law: str = "lognormal"
     sigma: float = 0.25
     slow_fraction: float = 0.3
@@ -305,8 +307,6 @@ class RandomBatchTime(BatchTime):
 
     def factors(self, key, shape):
         """ξ of shape ``shape`` (float32), :func:`kvstab.workload.batch_time_factors`."""
-        from kvstab.workload import batch_time_factors
-
         return batch_time_factors(
             key,
             shape,
@@ -443,8 +443,6 @@ class Replay(Arrivals):
     name: ClassVar[str] = "replay"
 
     def __post_init__(self):
-        from kvstab.workload import replay_workload
-
         replay_workload(self.arrival_s, self.prompt, self.output)  # validates
 
     @property
@@ -471,8 +469,6 @@ class Workload:
         if self.lengths is None and not isinstance(self.arrivals, Replay):
             raise InputError("workload", "give a length law (or arrivals=Replay(...))")
         if self.lengths is not None:
-            from kvstab.laws import as_joint
-
             object.__setattr__(self, "lengths", as_joint(self.lengths))
 
 
@@ -518,9 +514,9 @@ class Policy:
 class System:
     """One replica: KV capacity M (tokens; scalar or per trajectory), chunk ŝ, batch time."""
 
-    kv_capacity_tokens: Any = 131000
-    chunk_tokens: int = 512
-    batch_time: BatchTime = ConstantBatchTime(0.0372)
+    kv_capacity_tokens: Any = KV_CAPACITY_TOKENS
+    chunk_tokens: int = CHUNK_TOKENS
+    batch_time: BatchTime = ConstantBatchTime(BATCH_TIME_S)
 
     def __post_init__(self):
         _each("kv_capacity_tokens", self.kv_capacity_tokens, low=1, integer=True)
@@ -604,7 +600,7 @@ def router_from_name(name: str) -> Router:
 def batch_time_from_name(
     model: str = "constant",
     *,
-    batch_time_s: Any = 0.0372,
+    batch_time_s: Any = BATCH_TIME_S,
     linear_coefs: Any = (0.0, 0.0, 0.0, 0.0),
     law: str = "lognormal",
     sigma: float = 0.25,
@@ -633,10 +629,10 @@ def arrivals_from_name(name: str, rate_per_s: Any = None) -> Arrivals:
 
 def components_from_names(
     *,
-    kv_capacity_tokens: Any = 131000,
-    chunk_tokens: int = 512,
+    kv_capacity_tokens: Any = KV_CAPACITY_TOKENS,
+    chunk_tokens: int = CHUNK_TOKENS,
     batch_time_model: str = "constant",
-    batch_time_s: Any = 0.0372,
+    batch_time_s: Any = BATCH_TIME_S,
     linear_coefs: Any = (0.0, 0.0, 0.0, 0.0),
     batch_time_law: str = "lognormal",
     batch_time_sigma: float = 0.25,

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from kvstab import analytic
 from kvstab.sim.state import Flag
 
 
@@ -57,8 +58,6 @@ def allocate_sizes(
         dict with max_running (ring K: 2.2·M over the mean first chunk, a power of two),
         max_preempted (= K), num_requests, cal_len (power of two > longest lifetime).
     """
-    from kvstab import analytic
-
     s, o = np.asarray(prompt), np.asarray(output)
     sz = dict(given or {})
     first = np.minimum(s, chunk_tokens)

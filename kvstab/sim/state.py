@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from kvstab.errors import InputError, check_number
+from kvstab.paper import CHUNK_TOKENS
 from kvstab.sim.components import BatchTime, ConstantBatchTime, Policy, Router
 
 
@@ -69,7 +70,7 @@ class StaticConfig:
     routed arrivals per loop iteration.
     """
 
-    chunk_tokens: int = 512
+    chunk_tokens: int = CHUNK_TOKENS
     num_steps: int = 4096
     block_steps: int = 64
     policy: Policy = Policy()
