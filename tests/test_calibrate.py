@@ -94,6 +94,7 @@ def test_pathwise_gradient_agrees_with_resimulation_for_small_steps():
     assert d_path == pytest.approx(d_sim, rel=0.1)
 
 
+@pytest.mark.slow  # default run: test_batch_time_recovered_from_completion_times
 def test_linear_coefficients_recovered():
     """Linear batch time through the simulator, 600 completions under bursty load (16 and
     2 req/s alternating every 10 s, so the decode count swings 0..73).

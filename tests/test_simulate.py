@@ -300,6 +300,7 @@ def test_replicas_serve_about_G_times_mu():
     assert abs(ratio - 4) < 0.15
 
 
+@pytest.mark.slow  # the reference-level balance test is in the default run
 def test_dynamic_routers_shorten_queues_and_keep_throughput():
     # Four replicas at 95 % of their capacity, the same arrival stream for every router
     # (common random numbers). Routing on state must beat a blind split on queueing while
@@ -355,6 +356,7 @@ def test_replayed_trace_over_replicas_is_split_not_copied(router):
     np.testing.assert_allclose(got, np.sort(arr.astype(np.float32)), rtol=1e-6)
 
 
+@pytest.mark.slow  # default run: test_full_replica_buffer_is_flagged, test_caps_are_flagged_...
 def test_dynamic_router_buffer_too_small_is_rerun_larger():
     law = Independent(Uniform(10, 400), Uniform(10, 400))
     r = simulate(
@@ -415,7 +417,10 @@ def test_bad_compact_rows_names_the_field():
     assert exc.value.field == "compact_rows" and ">= 0" in exc.value.message
 
 
-@pytest.mark.parametrize("replicas,router", [(1, "round_robin"), (3, "jsq")])
+@pytest.mark.parametrize(
+    "replicas,router",
+    [pytest.param(1, "round_robin", marks=pytest.mark.slow), (3, "jsq")],  # jsq: the harder case
+)
 def test_sharded_over_two_cpu_devices_equals_one_device(replicas, router):
     """Trajectories split over two XLA CPU devices (shard_map) give identical results; a
     dynamic router keeps each trajectory's replicas on one device."""

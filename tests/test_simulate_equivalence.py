@@ -318,6 +318,7 @@ def test_dynamic_routers_match_reference(router, admission, overflow, order):
     assert_cluster_same(ref, out, 160)
 
 
+@pytest.mark.slow  # default run: test_dynamic_routers_match_reference, ..._balance_the_load
 def test_routers_differ():
     # jsq and least_kv route on different keys, and both differ from round robin on the same
     # stream (the test would catch a router that ignores its key)
