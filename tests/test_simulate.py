@@ -113,6 +113,7 @@ def test_sweep_over_rate_M_and_batch_time_does_not_recompile(no_recompile):
         simulate(Workload(law, Poisson([0.5, 9.0, 1.5, 7.0])), System(8000), seed=4, **kw)
 
 
+@pytest.mark.slow  # default run: test_compacted_loop_iterations_match_reference
 def test_automatic_compaction_gives_the_same_results():
     # 1024 saturated trajectories: the automatic setting runs the loops' later iterations over
     # compacted lists (compact_rows < rows per shard); every output must equal a run without.
