@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 # Bumped whenever the simulator's behaviour changes (admission, preemption, timing,
 # arrivals, what is counted). Written into every results file so a figure can be traced
 # back to the semantics that produced it. See docs/semantics.md.
-SIM_SEMANTICS_VERSION = 2
+SIM_SEMANTICS_VERSION = 3
 
 from kvstab.errors import InputError  # noqa: E402
 from kvstab.laws import (  # noqa: E402

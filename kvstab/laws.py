@@ -381,6 +381,15 @@ class JointLaw:
         raise NotImplementedError
 
     @property
+    def max_output(self) -> int | None:
+        """ess sup o, or ``None`` if unbounded (or not known)."""
+        out = getattr(self, "output", None)
+        if out is None:
+            return None
+        cap = getattr(out, "max_value", None)
+        return getattr(out, "cap", None) if cap is None else cap
+
+    @property
     def spec(self) -> str:
         raise NotImplementedError
 
@@ -471,6 +480,10 @@ class JointEmpirical(JointLaw):
     @property
     def max_total(self):
         return int((self.prompts + self.outputs).max())
+
+    @property
+    def max_output(self):
+        return int(self.outputs.max())
 
     @property
     def spec(self) -> str:

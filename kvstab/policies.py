@@ -14,37 +14,60 @@ from kvstab.errors import InputError
 from kvstab.sim.components import (
     FCFS,
     SPF,
+    SVF,
+    CapAdmission,
     CurrentAdmission,
+    LargestKVVictim,
+    LeastProgressVictim,
     Policy,
     Recompute,
     ReserveAdmission,
     Swap,
+    WatermarkAdmission,
 )
 
 # name -> one line saying what it stands for (shown by ``kvstab compare --list``).
 DESCRIPTIONS = {
     "vllm": "greedy admission (current KV), recompute the newest on overflow, FCFS (vLLM)",
+    "vllm-watermark": "vLLM v0: greedy admission keeping 1% of M free (watermark), recompute",
     "swap": "greedy admission, swap the newest to host memory on overflow, FCFS",
+    "least-progress": "greedy admission, recompute the least-progressed request, FCFS",
+    "largest-kv": "greedy admission, recompute the request holding the most KV, FCFS",
     "spf": "greedy admission, recompute, shortest prompt first (window 32)",
+    "svf": "greedy admission, recompute, smallest volume g(s,o) first (window 32; knows o)",
+    "cap": "reserve s + max_tokens (the law's longest output) per request "
+    "(TensorRT-LLM guaranteed-no-evict); never overflows",
     "reserve-oracle": "reserve each request's true peak s+o (an oracle; never overflows)",
 }
 
 
 def policy_presets(law=None) -> dict[str, Policy]:
-    """Every named preset, built for ``law`` (a joint length law; needed by the presets that
-    depend on the workload, which are left out when it is None)."""
-    del law  # no preset depends on the workload yet
-    return {
+    """Every named preset, built for ``law`` (a joint length law). ``cap`` needs the law's
+    longest output as its max_tokens; it is left out when ``law`` is None or its outputs
+    are unbounded."""
+    presets = {
         "vllm": Policy(CurrentAdmission(), Recompute(), FCFS()),
+        "vllm-watermark": Policy(WatermarkAdmission(0.01), Recompute(), FCFS()),
         "swap": Policy(CurrentAdmission(), Swap(), FCFS()),
+        "least-progress": Policy(CurrentAdmission(), Recompute(), FCFS(), LeastProgressVictim()),
+        "largest-kv": Policy(CurrentAdmission(), Recompute(), FCFS(), LargestKVVictim()),
         "spf": Policy(CurrentAdmission(), Recompute(), SPF(32)),
+        "svf": Policy(CurrentAdmission(), Recompute(), SVF(32)),
         "reserve-oracle": Policy(ReserveAdmission(), Recompute(), FCFS()),
     }
+    cap = None if law is None else law.max_output
+    if cap is not None:
+        presets["cap"] = Policy(CapAdmission(int(cap)), Recompute(), FCFS())
+    return presets
 
 
 def preset(name: str, law=None) -> Policy:
     """The preset ``name`` for ``law``; an InputError lists the names."""
     table = policy_presets(law)
     if name not in table:
+        if name == "cap":
+            raise InputError(
+                "policy", "cap needs a workload whose outputs are bounded (its max_tokens)"
+            )
         raise InputError("policy", f"must be one of {', '.join(table)}, got {name!r}")
     return table[name]

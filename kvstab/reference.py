@@ -1,6 +1,6 @@
 """The executable specification: a slow, plain-Python, event-by-event simulator.
 
-This module implements ``docs/semantics.md`` (SIM_SEMANTICS_VERSION = 2) literally, one step
+This module implements ``docs/semantics.md`` (SIM_SEMANTICS_VERSION = 3) literally, one step
 and one request at a time, with no vectorization and no JAX. It exists to be read and to be
 trusted: the fast JAX simulator (:mod:`kvstab.sim`) must give *identical* integer results
 on the same sampled workload, and the tests check that. It takes the very same component
@@ -14,8 +14,8 @@ docs/semantics.md "One step k":
 
 1. arrivals join the end of ``queue``;
 2. plan the running requests' growth;
-3. overflow: preempt the newest running requests until U + growth <= M, victims go to the
-   head of ``queue`` oldest-admitted first;
+3. overflow: preempt running requests (``policy.victim``: the newest by default) until
+   U + growth <= M, each victim to the head of ``queue`` as it is taken;
 4. admission in ``policy.order`` while ``policy.admission`` says the candidate fits,
    head-of-line blocking;
 5. execute: every running request advances one position; KV_k = U + growth;
@@ -196,6 +196,8 @@ def _validate(arrival_s, prompt, output, system, policy, num_steps, saturated, f
                 f"has prompt + output = {si} + {oi} = {si + oi} (it could never run)",
             )
 
+    if s:
+        policy.admission.check_workload(max(s), max(o), m)
     factors = None
     if system.batch_time.needs_factors:
         if factors_in is None:
@@ -306,16 +308,25 @@ class _Simulator:
     # --- step 3 ------------------------------------------------------------------------------
 
     def preempt_overflow(self, planned_growth: int) -> int:
-        """Step 3: while U + growth > M, preempt the newest running request.
+        """Step 3: while U + growth > M, preempt a running request: ``policy.victim`` says
+        which (newest: the newest admitted; otherwise the smallest ``victim.key``, ties to
+        the newest).
 
-        Each victim is saved at ``policy.overflow.saved_position(p)`` (recompute: 0; swap: p).
-        All victims of this step go to the
-        head of ``queue`` in ``running`` order (oldest admitted first), ahead of everything
-        already waiting. Returns the reduced growth.
+        Each victim is saved at ``policy.overflow.saved_position(p)`` (recompute: 0; swap: p)
+        and put at the head of ``queue`` as it is taken, so the last one taken heads the
+        queue (for ``newest``: this step's victims in ``running`` order, oldest admitted
+        first), ahead of everything already waiting. Returns the reduced growth.
         """
-        victims = []  # newest first, as they are taken
+        victims = []  # as they are taken
+        victim = self.policy.victim
         while self.used + planned_growth > self.m:
-            i, p = self.running.pop()
+            if victim.newest:
+                j = len(self.running) - 1
+            else:  # the smallest key, ties to the newest admitted
+                keys = [victim.key(p, self.mem_of(i, p)) for i, p in self.running]
+                best = min(keys)
+                j = max(n for n, key in enumerate(keys) if key == best)
+            i, p = self.running.pop(j)
             self.used -= self.mem_of(i, p)
             planned_growth -= self.growth_of(i, p)
             self.num_preempted[i] += 1
@@ -323,7 +334,7 @@ class _Simulator:
             victims.append((i, self.policy.overflow.saved_position(p)))
         if victims and not self.policy.admission.can_overflow:
             raise AssertionError("reserve admission can never overflow")  # pragma: no cover
-        victims.reverse()  # oldest admitted first
+        victims.reverse()  # each victim is put at the head as it is taken
         self.queue[0:0] = victims
         return planned_growth
 

@@ -276,6 +276,8 @@ def _other_components(system: System, policy: Policy) -> dict:
         words.update(batch_time_model=bt.name, linear_coefs=list(bt.coefs))
     if not isinstance(policy.order, FCFS):
         words.update(order=policy.order.name, spf_window=policy.order.window)
+    names = policy.names()
+    words.update({k: names[k] for k in ("victim", "watermark", "max_tokens") if k in names})
     return words
 
 

@@ -9,7 +9,11 @@ from kvstab.sim import components as c
 from kvstab.sim.state import FLAG_NAMES, Flag, StaticConfig
 
 POLICIES = [
-    c.policy_from_names(a, o, r, 4) for a in c.ADMISSIONS for o in c.OVERFLOWS for r in c.ORDERS
+    c.policy_from_names(a, o, r, 4, v, 0.02, 64)
+    for a in c.ADMISSIONS
+    for o in c.OVERFLOWS
+    for r in c.ORDERS
+    for v in c.VICTIMS
 ]
 
 
@@ -26,6 +30,7 @@ def test_policies_are_static_and_hashable(policy):
 @pytest.mark.parametrize("cls", list(c.ADMISSIONS.values()))
 def test_admission_has_both_hooks(cls):
     assert callable(cls().fits) and callable(cls().jax_need_budget)
+    assert cls().reservation(3, 4) >= 3 + 1
     assert isinstance(cls.can_overflow, bool)
 
 
@@ -62,6 +67,14 @@ def test_batch_time_is_one_formula(bt, args, expected):
     "make,field",
     [
         (lambda: c.SPF(0), "spf_window"),
+        (lambda: c.SVF(0), "svf_window"),
+        (lambda: c.WatermarkAdmission(1.0), "watermark"),
+        (lambda: c.WatermarkAdmission(-0.1), "watermark"),
+        (lambda: c.WatermarkAdmission(float("nan")), "watermark"),
+        (lambda: c.CapAdmission(0), "max_tokens"),
+        (lambda: c.policy_from_names("cap"), "max_tokens"),
+        (lambda: c.policy_from_names(victim="oldest"), "victim"),
+        (lambda: c.Policy(victim="newest"), "victim"),
         (lambda: c.LinearBatchTime(-1.0), "linear_coefs"),
         (lambda: c.RandomBatchTime(sigma=-1.0), "sigma"),
         (lambda: c.RandomBatchTime(slow_fraction=2.0), "slow_fraction"),

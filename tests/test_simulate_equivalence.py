@@ -54,8 +54,10 @@ def run_both(
     coefs=(1 / 64, 1 / 1024, 1 / 2048, 0.0),
     xi=None,
     caps=64,
+    policy=None,
 ):
-    policy = policy_from_names(admission, overflow, order, spf_window)
+    if policy is None:
+        policy = policy_from_names(admission, overflow, order, spf_window)
     system = System(M, chunk, batch_time_from_name(batch_time, batch_time_s=b, linear_coefs=coefs))
     ref = reference.simulate(
         arr,

@@ -17,6 +17,7 @@ from kvstab import analytic
 from kvstab.cli.common import (
     add_output_args,
     add_policy_args,
+    policy_words,
     add_workload_args,
     check_fits_memory,
     check_writable,
@@ -54,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "closed-form mu and mu(1-delta).",
     )
     add_workload_args(p)
-    add_policy_args(p, with_order=False)
+    add_policy_args(p)
     e = p.add_argument_group("estimation")
     e.add_argument(
         "--precision",
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         result = stability.estimate_boundary(
             joint,
             System(args.kv_tokens, args.chunk, ConstantBatchTime(args.batch_time)),
-            policy_from_names(args.admission, args.overflow),
+            policy_from_names(**policy_words(args)),
             precision=args.precision,
             replications=args.trajectories,
             num_steps=args.steps,

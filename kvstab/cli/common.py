@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from kvstab import paper, traces
 from kvstab.errors import InputError
 from kvstab.laws import Independent, parse_law
+from kvstab.sim.components import ADMISSIONS, ORDERS, OVERFLOWS, VICTIMS
 
 DEFAULTS = {
     "prompt": paper.WORKLOADS["1:1"]["prompt"],
@@ -112,35 +113,73 @@ def add_system_args(p: argparse.ArgumentParser, title: str = "system") -> None:
 
 
 def add_policy_args(p: argparse.ArgumentParser, with_order: bool = True) -> None:
-    """Scheduling-policy flags shared by simulate and boundary (boundary has no --order)."""
+    """Scheduling-policy flags shared by simulate and boundary."""
     g = p.add_argument_group("policy")
     g.add_argument(
         "--admission",
-        choices=("current", "reserve"),
+        choices=tuple(ADMISSIONS),
         default="current",
-        help="admit on current memory use (default, like vLLM) or on peak s+o",
+        help="admit on current memory use (default, like vLLM), keeping a --watermark "
+        "free (vLLM's watermark), on the true peak s+o (reserve, an oracle), or on "
+        "s + --max-tokens (cap, TensorRT-LLM's guaranteed-no-evict)",
+    )
+    g.add_argument(
+        "--watermark",
+        type=parse_float,
+        default=0.01,
+        metavar="W",
+        help="watermark admission keeps a fraction W of M free, 0 <= W < 1 (default 0.01)",
+    )
+    g.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cap admission reserves s + N per request; N >= the longest output",
     )
     g.add_argument(
         "--overflow",
-        choices=("recompute", "swap"),
+        choices=tuple(OVERFLOWS),
         default="recompute",
         help="preemption: recompute (progress lost, default) or swap (kept)",
+    )
+    g.add_argument(
+        "--victim",
+        choices=tuple(VICTIMS),
+        default="newest",
+        help="which running request overflow preempts: the newest admitted (default, "
+        "vLLM), the least progressed, or the one holding the most KV",
     )
     if not with_order:
         return
     g.add_argument(
         "--order",
-        choices=("fcfs", "spf"),
+        choices=tuple(ORDERS),
         default="fcfs",
-        help="queue order: first come first served, or shortest prompt first",
+        help="queue order: first come first served, shortest prompt first, or smallest "
+        "KV memory-time volume g(s, o) first (svf, knows o)",
     )
     g.add_argument(
         "--spf-window",
         type=int,
         default=32,
         metavar="W",
-        help="spf looks at the first W waiting requests (default 32)",
+        help="spf/svf look at the first W waiting requests (default 32)",
     )
+
+
+def policy_words(args: argparse.Namespace) -> dict:
+    """The policy flags as keyword arguments of :func:`kvstab.sim.policy_from_names`."""
+    words = dict(
+        admission=args.admission,
+        overflow=args.overflow,
+        victim=args.victim,
+        watermark=args.watermark,
+        max_tokens=args.max_tokens,
+    )
+    if hasattr(args, "order"):
+        words.update(order=args.order, spf_window=args.spf_window)
+    return words
 
 
 def add_batch_time_args(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ from kvstab.cli.common import (
     add_batch_time_args,
     add_output_args,
     add_policy_args,
+    policy_words,
     add_workload_args,
     check_fits_memory,
     check_writable,
@@ -64,10 +65,7 @@ def run(args: argparse.Namespace) -> int:
             batch_time_s=args.batch_time,
             num_replicas=args.replicas,
             router=args.router,
-            admission=args.admission,
-            overflow=args.overflow,
-            order=args.order,
-            spf_window=args.spf_window,
+            **policy_words(args),
             batch_time_model=args.batch_time_model,
             linear_coefs=coefs,
             batch_time_law=args.batch_time_law,
@@ -97,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  arrivals     {load}; {args.replicas} replica(s), router {args.router}")
     print(
         f"  policy       admission {args.admission}, overflow {args.overflow}, order {args.order}"
+        + ("" if args.victim == "newest" else f", victim {args.victim}")
     )
     print(
         f"  run          {args.trajectories} trajectories x {res.config['num_steps']} steps "

@@ -248,6 +248,12 @@ def simulate(
             f"max(s+o) = {joint.max_total} exceeds kv_capacity_tokens M = {int(M_arr.min())}; "
             "such a request can never be served",
         )
+    if joint is not None:
+        policy.admission.check_workload(joint.max_prompt, joint.max_output, M_arr)
+    elif len(replay.prompt):
+        policy.admission.check_workload(
+            int(np.max(replay.prompt)), int(np.max(replay.output)), M_arr
+        )
     # A batch time without b̄ (linear) ignores b_arr: the paper's b̄ is a placeholder.
     b_arr = _per_traj("batch_time_s", getattr(bt, "batch_time_s", BATCH_TIME_S), n, np.float64)
     lam_arr = _per_traj(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -59,10 +60,21 @@ def _each(field: str, value: Any, **limits) -> None:
 
 
 class Admission:
-    """Whether the next candidate fits. Hooks: ``fits`` (reference), ``jax_need_budget``."""
+    """Whether the next candidate fits. Hooks: ``fits`` (reference), ``jax_need_budget``.
+
+    ``reservation(s, o)`` is what a running request counts in the reserved sum R (the
+    simulator's ``peak_sum``): s + o unless the rule reserves something else, in which case
+    ``own_reservation`` is True and the simulator's calendar keeps a column for it."""
 
     name: ClassVar[str]
     can_overflow: ClassVar[bool]  # False: step 3 (preemption) can never trigger
+    own_reservation: ClassVar[bool] = False
+
+    def reservation(self, s, o):
+        return s + o
+
+    def check_workload(self, prompt_max: int | None, output_max: int | None, m) -> None:
+        """Refuse a workload the rule cannot serve (maxima None: unbounded or unknown)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +105,82 @@ class ReserveAdmission(Admission):
 
     def jax_need_budget(self, sc, growth, s, o, mem_next):
         return s + o, sc.cap - sc.peak_sum
+
+
+@dataclasses.dataclass(frozen=True)
+class WatermarkAdmission(Admission):
+    """vLLM's watermark: admit iff U + growth + mem(p+1) ≤ M − W, W = ⌊w·M⌋ in float32, so
+    that at least a fraction w of M stays free after an admission (room for running requests
+    to grow). Running requests may grow into the watermark; overflow is handled as by
+    ``current``."""
+
+    watermark: float = 0.01
+    name: ClassVar[str] = "watermark"
+    can_overflow: ClassVar[bool] = True
+
+    def __post_init__(self):
+        check_number("watermark", self.watermark, low=0.0, high=1.0, high_open=True)
+
+    def watermark_tokens(self, m: int) -> int:
+        """W = ⌊float32(w)·float32(M)⌋: the one definition both simulators evaluate."""
+        return int(np.floor(np.float32(self.watermark) * np.float32(m)))
+
+    def fits(self, sim, i: int, p: int, planned_growth: int) -> bool:
+        room = sim.m - self.watermark_tokens(sim.m)
+        return sim.used + planned_growth + sim.mem_of(i, p + 1) <= room
+
+    def jax_need_budget(self, sc, growth, s, o, mem_next):
+        w = jnp.floor(jnp.float32(self.watermark) * sc.cap.astype(jnp.float32))
+        return mem_next, sc.cap - sc.used - growth - w.astype(sc.cap.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class CapAdmission(Admission):
+    """Reservation by an output cap (TensorRT-LLM's GUARANTEED_NO_EVICT capacity scheduler):
+    admit iff Σ_running (s + cap) + s_e + cap ≤ M, where cap = ``max_tokens`` is the
+    largest output the scheduler knows a request may produce (its max_tokens), not its true
+    o. Every output must be ≤ cap, so overflow never happens."""
+
+    max_tokens: int = 2048
+    name: ClassVar[str] = "cap"
+    can_overflow: ClassVar[bool] = False
+    own_reservation: ClassVar[bool] = True
+
+    def __post_init__(self):
+        check_number("max_tokens", self.max_tokens, low=1, high=2**31 - 1, integer=True)
+
+    def reservation(self, s, o):
+        return s + self.max_tokens
+
+    def check_workload(self, prompt_max, output_max, m) -> None:
+        cap = self.max_tokens
+        if output_max is None:
+            raise InputError(
+                "max_tokens",
+                "cap admission needs outputs bounded by the cap, but the output law is "
+                "unbounded: give it a cap (e.g. lognormal:...:cap=N) no larger than max_tokens",
+            )
+        if output_max > cap:
+            raise InputError(
+                "max_tokens",
+                f"must be >= the longest output ({output_max} tokens), got {cap}: a request "
+                "would outgrow its reservation",
+            )
+        if prompt_max is not None and np.all(np.asarray(m) >= 1):
+            m_min = int(np.min(m))
+            if prompt_max + cap > m_min:
+                raise InputError(
+                    "max_tokens",
+                    f"prompt + max_tokens must fit M = {m_min}; the longest prompt "
+                    f"({prompt_max}) + {cap} = {prompt_max + cap} never would",
+                )
+
+    def fits(self, sim, i: int, p: int, planned_growth: int) -> bool:
+        reserved = sum(sim.s[j] + self.max_tokens for j, _ in sim.running)
+        return reserved + sim.s[i] + self.max_tokens <= sim.m
+
+    def jax_need_budget(self, sc, growth, s, o, mem_next):
+        return s + self.max_tokens, sc.cap - sc.peak_sum
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,6 +215,61 @@ class Swap(Overflow):
 
 
 # ---------------------------------------------------------------------------------------------
+# Victim choice (docs/semantics.md step 3)
+# ---------------------------------------------------------------------------------------------
+
+
+class Victim:
+    """Which running request step 3 preempts next. ``newest``: the newest admitted (the
+    simulator's fast path walks the running ring from its tail). The others minimise a key
+    over every running request, ties to the newest admitted: ``key(p, held)`` (reference,
+    ints) and ``jax_key`` (arrays), p the position and held = mem(p) its KV at the start of
+    the step."""
+
+    name: ClassVar[str]
+    newest: ClassVar[bool] = False
+
+    def key(self, p, held):
+        raise NotImplementedError
+
+    def jax_key(self, p, held):
+        return self.key(p, held)
+
+
+@dataclasses.dataclass(frozen=True)
+class NewestVictim(Victim):
+    """The newest admitted request (vLLM's ``running.pop()``)."""
+
+    name: ClassVar[str] = "newest"
+    newest: ClassVar[bool] = True
+
+    def key(self, p, held):
+        return 0  # unused: every running request ties, and the newest wins ties
+
+
+@dataclasses.dataclass(frozen=True)
+class LeastProgressVictim(Victim):
+    """The request with the fewest executed steps p (least work lost; SGLang retracts the
+    requests with the fewest decoded tokens first), ties to the newest."""
+
+    name: ClassVar[str] = "least_progress"
+
+    def key(self, p, held):
+        return p
+
+
+@dataclasses.dataclass(frozen=True)
+class LargestKVVictim(Victim):
+    """The request holding the most KV, mem(p) (frees the most memory per preemption), ties
+    to the newest."""
+
+    name: ClassVar[str] = "largest_kv"
+
+    def key(self, p, held):
+        return -held
+
+
+# ---------------------------------------------------------------------------------------------
 # Order (docs/semantics.md step 4)
 # ---------------------------------------------------------------------------------------------
 
@@ -155,43 +298,100 @@ class FCFS(Order):
     def pick(self, sim) -> int:
         return 0
 
-    def jax_pick(self, prompts, ids, valid):
+    def jax_pick(self, s, o, ids, valid, chunk):
         return jnp.int32(0)
 
 
-@dataclasses.dataclass(frozen=True)
-class SPF(Order):
-    """Shortest prompt first among the first ``window`` never-admitted waiting requests,
-    ties to the earlier one; a preempted request at the head goes first."""
+class _WindowOrder(Order):
+    """Smallest key first among the first ``window`` never-admitted waiting requests, ties to
+    the earlier one; a preempted request at the head goes first. ``key(s, o, chunk)``
+    (reference, Python numbers) and ``jax_key`` (arrays) give a request's key."""
 
-    window: int = 32  # type: ignore[assignment]
-    name: ClassVar[str] = "spf"
     in_queue_order: ClassVar[bool] = False
 
     def __post_init__(self):
-        check_number("spf_window", self.window, low=1, integer=True)
+        check_number(f"{self.name}_window", self.window, low=1, high=1 << 16, integer=True)
 
     def pick(self, sim) -> int:
         if sim.ever_admitted(sim.queue[0][0]):
             return 0
-        best = None
+        best = best_key = None
         seen = 0
         for idx, (i, _p) in enumerate(sim.queue):
             if sim.ever_admitted(i):
                 continue  # cannot happen (preempted entries sit at the head); kept literal
-            if best is None or sim.s[i] < sim.s[sim.queue[best][0]]:
-                best = idx
+            k = self.key(sim.s[i], sim.o[i], sim.chunk)
+            if best is None or k < best_key:
+                best, best_key = idx, k
             seen += 1
             if seen == self.window:
                 break
         return best
 
-    def jax_pick(self, prompts, ids, valid):
-        """Window slot of the smallest prompt, ties to the smallest id (= earliest in the
+    def jax_pick(self, s, o, ids, valid, chunk):
+        """Window slot of the smallest key, ties to the smallest id (= earliest in the
         queue; a refilled slot may hold a later id than the slots after it)."""
-        big = jnp.iinfo(jnp.int32).max
-        sw = jnp.where(valid, prompts, big)
-        return jnp.argmin(jnp.where(sw == jnp.min(sw), ids, big)).astype(jnp.int32)
+        key = self.jax_key(s, o, chunk)
+        big = jnp.array(jnp.inf if key.dtype.kind == "f" else jnp.iinfo(key.dtype).max, key.dtype)
+        sw = jnp.where(valid, key, big)
+        idmax = jnp.iinfo(jnp.int32).max
+        return jnp.argmin(jnp.where(sw == jnp.min(sw), ids, idmax)).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class SPF(_WindowOrder):
+    """Shortest prompt first among the first ``window`` never-admitted waiting requests,
+    ties to the earlier one; a preempted request at the head goes first."""
+
+    window: int = 32  # type: ignore[assignment]
+    name: ClassVar[str] = "spf"
+
+    def key(self, s, o, chunk):
+        return s
+
+    def jax_key(self, s, o, chunk):
+        return s
+
+
+def volume_f32(s, o, chunk, xp=np):
+    """A request's KV memory-time volume g(s, o) = ŝ·C(C−1)/2 + s + s·o + o(o+1)/2
+    (token·steps, kvstab.request.g_exact), evaluated in float32 in this exact order of
+    operations, so that the reference (numpy, ``xp=np``) and the JAX simulator
+    (``xp=jnp``) compute the very same number (docs/semantics.md "Orders")."""
+    f = xp.float32
+    c = -(-s // chunk)
+    if xp is np:
+        f = np.float32
+        s_, o_, c_ = f(s), f(o), f(c)
+        t1, t2, t3 = o_ * s_, o_ * f(o + 1), f(c - 1) * c_
+        t5 = t3 * f(chunk * 0.5)
+        return ((t1 + t2 * f(0.5)) + t5) + s_
+    s_, o_, c_ = (x.astype(jnp.float32) for x in (s, o, c))
+    # The barriers keep XLA from fusing a product into the following sum (an FMA rounds
+    # once where numpy rounds twice).
+    t1, t2, t3 = jax.lax.optimization_barrier(
+        (o_ * s_, o_ * (o + 1).astype(jnp.float32), (c - 1).astype(jnp.float32) * c_)
+    )
+    t5 = jax.lax.optimization_barrier(t3 * jnp.float32(chunk * 0.5))
+    return ((t1 + t2 * jnp.float32(0.5)) + t5) + s_
+
+
+@dataclasses.dataclass(frozen=True)
+class SVF(_WindowOrder):
+    """Smallest volume first (Kong, Qi, Ye, Zhou): the smallest KV memory-time volume
+    g(s, o) (float32, :func:`volume_f32`) among the first ``window`` never-admitted waiting
+    requests, ties to the earlier one. It knows each request's true o (an oracle); without
+    it, ordering by E[g | s] is ``spf`` for any law with o independent of s, since E[g | s]
+    then increases strictly with s."""
+
+    window: int = 32  # type: ignore[assignment]
+    name: ClassVar[str] = "svf"
+
+    def key(self, s, o, chunk):
+        return volume_f32(s, o, chunk)
+
+    def jax_key(self, s, o, chunk):
+        return volume_f32(s, o, chunk, jnp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,25 +679,35 @@ class Workload:
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """The scheduler: admission rule, overflow handling, order of the waiting queue."""
+    """The scheduler: admission rule, overflow handling, order of the waiting queue, and
+    which running request overflow preempts."""
 
     admission: Admission = CurrentAdmission()
     overflow: Overflow = Recompute()
     order: Order = FCFS()
+    victim: Victim = NewestVictim()
 
     def __post_init__(self):
         _one_of("admission", self.admission, (Admission,))
         _one_of("overflow", self.overflow, (Overflow,))
         _one_of("order", self.order, (Order,))
+        _one_of("victim", self.victim, (Victim,))
 
     def names(self) -> dict:
-        """The policy in the command line's words (results files)."""
-        return {
+        """The policy in the command line's words (results files). Parameters of the newer
+        rules appear only when they are used, so older results files read the same."""
+        out = {
             "admission": self.admission.name,
             "overflow": self.overflow.name,
             "order": self.order.name,
             "spf_window": getattr(self.order, "window", 1),
         }
+        if not self.victim.newest:
+            out["victim"] = self.victim.name
+        for field in ("watermark", "max_tokens"):
+            if hasattr(self.admission, field):
+                out[field] = getattr(self.admission, field)
+        return out
 
     @classmethod
     def from_names(
@@ -506,8 +716,13 @@ class Policy:
         overflow: str = "recompute",
         order: str = "fcfs",
         spf_window: int = 32,
+        victim: str = "newest",
+        watermark: float = 0.01,
+        max_tokens: int | None = None,
     ) -> Policy:
-        return policy_from_names(admission, overflow, order, spf_window)
+        return policy_from_names(
+            admission, overflow, order, spf_window, victim, watermark, max_tokens
+        )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -559,9 +774,12 @@ class Outputs:
 # The command line's words -> components
 # ---------------------------------------------------------------------------------------------
 
-ADMISSIONS = {c.name: c for c in (CurrentAdmission, ReserveAdmission)}
+ADMISSIONS = {
+    c.name: c for c in (CurrentAdmission, ReserveAdmission, WatermarkAdmission, CapAdmission)
+}
 OVERFLOWS = {c.name: c for c in (Recompute, Swap)}
-ORDERS = {c.name: c for c in (FCFS, SPF)}
+ORDERS = {c.name: c for c in (FCFS, SPF, SVF)}
+VICTIMS = {c.name: c for c in (NewestVictim, LeastProgressVictim, LargestKVVictim)}
 BATCH_TIMES = {c.name: c for c in (ConstantBatchTime, LinearBatchTime, RandomBatchTime)}
 ROUTER_CLASSES = {c.name: c for c in (RoundRobin, RandomRouter, JSQ, LeastKV)}
 ARRIVAL_CLASSES = {c.name: c for c in (Poisson, Deterministic, Saturated, Replay)}
@@ -582,14 +800,28 @@ def policy_from_names(
     overflow: str = "recompute",
     order: str = "fcfs",
     spf_window: int = 32,
+    victim: str = "newest",
+    watermark: float = 0.01,
+    max_tokens: int | None = None,
 ) -> Policy:
-    """``Policy.from_names(admission="current", overflow="swap", order="spf", spf_window=8)``."""
+    """``Policy.from_names(admission="watermark", overflow="swap", order="spf", spf_window=8,
+    victim="largest_kv", watermark=0.02)``; ``max_tokens`` is required by ``cap``."""
     order_cls = _lookup("order", order, ORDERS)
+    adm_cls = _lookup("admission", admission, ADMISSIONS)
     check_number("spf_window", spf_window, low=1, integer=True)
+    if adm_cls is WatermarkAdmission:
+        adm = WatermarkAdmission(watermark)
+    elif adm_cls is CapAdmission:
+        if max_tokens is None:
+            raise InputError("max_tokens", "cap admission needs max_tokens, an integer >= 1")
+        adm = CapAdmission(max_tokens)
+    else:
+        adm = adm_cls()
     return Policy(
-        _lookup("admission", admission, ADMISSIONS)(),
+        adm,
         _lookup("overflow", overflow, OVERFLOWS)(),
-        order_cls(int(spf_window)) if order_cls is SPF else order_cls(),
+        order_cls(int(spf_window)) if issubclass(order_cls, _WindowOrder) else order_cls(),
+        _lookup("victim", victim, VICTIMS)(),
     )
 
 
@@ -642,6 +874,9 @@ def components_from_names(
     overflow: str = "recompute",
     order: str = "fcfs",
     spf_window: int = 32,
+    victim: str = "newest",
+    watermark: float = 0.01,
+    max_tokens: int | None = None,
     num_replicas: int = 1,
     router: str = "round_robin",
     num_records: int = 0,
@@ -662,7 +897,9 @@ def components_from_names(
     )
     return {
         "system": System(kv_capacity_tokens, chunk_tokens, bt),
-        "policy": policy_from_names(admission, overflow, order, spf_window),
+        "policy": policy_from_names(
+            admission, overflow, order, spf_window, victim, watermark, max_tokens
+        ),
         "cluster": Cluster(num_replicas, router_from_name(router)),
         "outputs": Outputs(num_records, record_steps, block_steps, num_segments),
     }

@@ -133,6 +133,12 @@ class StaticConfig:
     def window(self) -> int:
         return self.policy.order.window
 
+    @property
+    def cal_cols(self) -> int:
+        """Calendar columns: CAL_FREE..CAL_ONCE, plus CAL_RES (the reservation a completion
+        frees) where the admission rule reserves something other than s + o."""
+        return 6 if self.policy.admission.own_reservation else 5
+
 
 class SimParams(NamedTuple):
     """Traced per-row parameters (shape (rows,); rows are trajectories, or (traj, replica)
@@ -156,7 +162,7 @@ class SimParams(NamedTuple):
 # Columns of the calendar row of step j, read at the end of step j: tokens freed and requests
 # completed by step j, and the next step's change of nfull, change of ndec, last-chunk
 # remainders.
-CAL_FREE, CAL_NCOMP, CAL_DFULL, CAL_DDEC, CAL_ONCE = range(5)
+CAL_FREE, CAL_NCOMP, CAL_DFULL, CAL_DDEC, CAL_ONCE, CAL_RES = range(6)  # CAL_RES: see cal_cols
 RING_ID, RING_A0 = range(2)  # columns of ring
 REC_FIRST_ADMIT, REC_ADMIT, REC_TOK_FINAL, REC_TOK_LAST, REC_FINISH, REC_NPRE = range(6)
 
@@ -259,7 +265,7 @@ def _init_one(cfg: StaticConfig) -> State:
         ndec=z,
         once=z,
         peak_sum=z,
-        cal=jnp.zeros((cfg.cal_len, 5), jnp.int32),
+        cal=jnp.zeros((cfg.cal_len, cfg.cal_cols), jnp.int32),
         ring=jnp.zeros((cfg.max_running, 2), jnp.int32),
         ring_end=jnp.full((cfg.max_running,), -1, jnp.int32),
         tail=z,

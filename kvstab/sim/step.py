@@ -55,6 +55,7 @@ from kvstab.sim.state import (
     CAL_FREE,
     CAL_NCOMP,
     CAL_ONCE,
+    CAL_RES,
     REC_ADMIT,
     REC_FIRST_ADMIT,
     REC_NPRE,
@@ -120,7 +121,8 @@ def batch_step(st: State, xi, req: Requests, params: SimParams, cfg: StaticConfi
     # 3. Preempt.
     n_pre = jnp.int32(0)
     if policy.admission.can_overflow:
-        pre = lambda s, g, x: preempt_window(s, g, x, cfg)  # noqa: E731
+        preempt = preempt_window if policy.victim.newest else preempt_chosen
+        pre = lambda s, g, x: preempt(s, g, x, cfg)  # noqa: E731
         sc, _, big, n_pre = run_loop(pre, sc, overflowing(sc), big, req.so, cfg)
 
     # 4. Admit.
@@ -284,7 +286,7 @@ def is_overflowing(sc: LoopScalars, cfg: StaticConfig):
 
 
 def preempt_window(sc: LoopScalars, go, x: LoopContext, cfg: StaticConfig):
-    """Step 3 for up to ``preempt_window`` tail entries at once.
+    """Step 3 for up to ``preempt_window`` tail entries at once (victim ``newest``).
 
     Walking from the newest ring entry down, an entry is consumed while the step still
     overflows before reaching it (exclusive prefix sum of the memory the alive ones free,
@@ -293,13 +295,7 @@ def preempt_window(sc: LoopScalars, go, x: LoopContext, cfg: StaticConfig):
     one-at-a-time (docs/semantics.md step 3). Returns the scalars, whether the step still
     overflows, and the writes.
     """
-    P, K, S, chunk, k = (
-        cfg.preempt_window,
-        cfg.max_running,
-        cfg.max_preempted,
-        cfg.chunk_tokens,
-        sc.k,
-    )
+    P, K, chunk, k = cfg.preempt_window, cfg.max_running, cfg.chunk_tokens, sc.k
     excess = sc.used + growth(sc, chunk) - sc.cap
     j = jnp.arange(P, dtype=jnp.int32)
     slot = (sc.tail - 1 - j) % K
@@ -307,12 +303,49 @@ def preempt_window(sc: LoopScalars, go, x: LoopContext, cfg: StaticConfig):
     rid, a0 = ent[:, RING_ID], ent[:, RING_A0]
     alive = x.big.ring_end[x.tid, slot] >= k
     s, o = x.lens(rid)
-    c, _, r = lengths(s, o, chunk)
+    c = ceil_div(s, chunk)
     p = k - a0
     freed = jnp.where(alive, mem_array(p + 1, s, c, chunk), 0)  # held after this step's growth
     before = jnp.cumsum(freed) - freed
     consumed = go & (excess > 0) & (before < excess)
-    victim = consumed & alive
+    sc, w = preempt(sc, consumed & alive, slot, rid, a0, s, o, x, cfg)
+    sc = sc._replace(tail=sc.tail - jnp.sum(consumed.astype(jnp.int32)))
+    return sc, go & is_overflowing(sc, cfg), w
+
+
+def preempt_chosen(sc: LoopScalars, go, x: LoopContext, cfg: StaticConfig):
+    """Step 3, one victim per iteration, for a victim rule other than ``newest``: over every
+    alive ring entry, the smallest ``policy.victim.jax_key(p, mem(p))``, ties to the newest
+    admitted (the entry nearest the ring's tail). Its slot is left as a hole (ring_end -1),
+    which a later admission reuses. Returns the scalars, whether the step still overflows,
+    and the writes."""
+    K, chunk, k = cfg.max_running, cfg.chunk_tokens, sc.k
+    slots = jnp.arange(K, dtype=jnp.int32)
+    ent = x.big.ring[x.tid]
+    alive = x.big.ring_end[x.tid] >= k
+    s, o = x.lens(ent[:, RING_ID])
+    p = k - ent[:, RING_A0]
+    key = cfg.policy.victim.jax_key(p, mem_array(p, s, ceil_div(s, chunk), chunk))
+    big = jnp.iinfo(jnp.int32).max
+    key = jnp.where(alive, key, big)
+    age = (sc.tail - 1 - slots) % K  # 0: the newest admitted
+    best = jnp.argmin(jnp.where(alive & (key == jnp.min(key)), age, big)).astype(jnp.int32)
+    do = go & is_overflowing(sc, cfg) & alive[best]
+    one = lambda a: a[best][None]  # noqa: E731
+    sc, w = preempt(sc, do[None], best[None], one(ent[:, RING_ID]), one(ent[:, RING_A0]),
+                    one(s), one(o), x, cfg)  # fmt: skip
+    return sc, go & is_overflowing(sc, cfg), w
+
+
+def preempt(sc: LoopScalars, victim, slot, rid, a0, s, o, x: LoopContext, cfg: StaticConfig):
+    """Preempt the ring entries ``slot`` (vectors; requests ``rid`` with virtual starts
+    ``a0``) where ``victim``, in vector order: each saved at
+    ``policy.overflow.saved_position`` and pushed on the queue-head stack, its future erased
+    from the calendar, its footprint and growth taken from the counters. Returns the scalars
+    and the writes."""
+    K, S, chunk, k = cfg.max_running, cfg.max_preempted, cfg.chunk_tokens, sc.k
+    c, _, r = lengths(s, o, chunk)
+    p = k - a0
     vi = victim.astype(jnp.int32)
     n_vict = jnp.sum(vi)
     rank = jnp.cumsum(vi) - vi
@@ -330,13 +363,12 @@ def preempt_window(sc: LoopScalars, go, x: LoopContext, cfg: StaticConfig):
         nfull=sc.nfull - jnp.sum(vi * (p < c - 1)),
         once=sc.once - jnp.sum(vi * jnp.where(p == c - 1, r, 0)),
         ndec=sc.ndec - jnp.sum(vi * (p >= c)),
-        peak_sum=sc.peak_sum - jnp.sum(vi * (s + o)),
+        peak_sum=sc.peak_sum - jnp.sum(vi * cfg.policy.admission.reservation(s, o)),
         n_running=sc.n_running - n_vict,
         top=jnp.minimum(sc.top + n_vict, S),
         preempted=sc.preempted + n_vict,
         wait_tok=sc.wait_tok + jnp.sum(vi * s) if tracks else sc.wait_tok,
         flags=sc.flags | jnp.where(jnp.any(victim & ~fits), Flag.STACK_FULL, 0),
-        tail=sc.tail - jnp.sum(consumed.astype(jnp.int32)),
     )
     if cfg.num_records:
         nrec = x.big.rec.shape[1]
@@ -349,7 +381,7 @@ def preempt_window(sc: LoopScalars, go, x: LoopContext, cfg: StaticConfig):
             axis=-1,
         )
         w = w._replace(rec=(ri, new))
-    return sc, go & is_overflowing(sc, cfg), w
+    return sc, w
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,7 +442,8 @@ def candidate(sc: LoopScalars, x: LoopContext, cfg: StaticConfig):
     srow = x.big.stack[x.tid, jnp.maximum(sc.top - 1, 0)]
     wid = sc.win_id
     valid = wid >= 0
-    widx = cfg.policy.order.jax_pick(x.lens(jnp.maximum(wid, 0))[0], wid, valid)
+    s, o = x.lens(jnp.maximum(wid, 0))
+    widx = cfg.policy.order.jax_pick(s, o, wid, valid, cfg.chunk_tokens)
     cid = jnp.where(from_stack, srow[0], wid[widx])
     cpos = jnp.where(from_stack, srow[1], 0)
     exists = from_stack | valid[widx]
@@ -470,7 +503,7 @@ def enter(sc: LoopScalars, admit, cid, cpos, slot, s, o, x: LoopContext, cfg: St
         nfull=sc.nfull + jnp.sum(ai * (cpos < c - 1)),
         once=sc.once + jnp.sum(ai * jnp.where(cpos == c - 1, r, 0)),
         ndec=sc.ndec + jnp.sum(ai * (cpos >= c)),
-        peak_sum=sc.peak_sum + jnp.sum(ai * (s + o)),
+        peak_sum=sc.peak_sum + jnp.sum(ai * cfg.policy.admission.reservation(s, o)),
         tail=sc.tail + n,
         n_running=sc.n_running + n,
         wait_tok=sc.wait_tok - jnp.sum(ai * s) if tracks else sc.wait_tok,
@@ -503,14 +536,11 @@ def life_events(do, a0, pos, s, o, cfg: StaticConfig, sign):
     rows = jnp.stack([(a0 + c - 2) & m, (a0 + c - 1) & m, (a0 + life - 1) & m], axis=-1)
     live = jnp.stack([do & (pos < c - 1), do & (pos < c), do], axis=-1)
     z, one = jnp.zeros_like(s), jnp.ones_like(s)
-    deltas = sign * jnp.stack(
-        [
-            jnp.stack([z, z, -one, z, r], axis=-1),
-            jnp.stack([z, z, z, one, z], axis=-1),
-            jnp.stack([s + o, one, z, -one, z], axis=-1),
-        ],
-        axis=-2,
-    )
+    cols = [[z, z, -one, z, r], [z, z, z, one, z], [s + o, one, z, -one, z]]
+    if cfg.cal_cols > CAL_RES:  # the reservation freed at completion
+        for c_, v in zip(cols, (z, z, cfg.policy.admission.reservation(s, o)), strict=True):
+            c_.append(v)
+    deltas = sign * jnp.stack([jnp.stack(c_, axis=-1) for c_ in cols], axis=-2)
     return drop(live, rows, cfg.cal_len), deltas
 
 
@@ -537,7 +567,7 @@ def execute(st: State, row, xi, params: SimParams, cfg: StaticConfig):
     backlog_out = cfg.saturated & (queue_len == 0)
     st = st._replace(
         used=kv - free,
-        peak_sum=st.peak_sum - free,
+        peak_sum=st.peak_sum - (row[CAL_RES] if cfg.cal_cols > CAL_RES else free),
         n_running=st.n_running - ncomp,
         completed=st.completed + ncomp,
         nfull=st.nfull + row[CAL_DFULL],
