@@ -17,12 +17,12 @@ from kvstab import analytic
 from kvstab.cli.common import (
     add_output_args,
     add_policy_args,
-    policy_words,
     add_workload_args,
     check_fits_memory,
     check_writable,
     flag_names,
     parse_int,
+    policy_words,
     workload_from_args,
 )
 from kvstab.errors import InputError

@@ -10,12 +10,12 @@ from kvstab.cli.common import (
     add_batch_time_args,
     add_output_args,
     add_policy_args,
-    policy_words,
     add_workload_args,
     check_fits_memory,
     check_writable,
     parse_coefs,
     parse_float,
+    policy_words,
     workload_from_args,
 )
 from kvstab.errors import InputError
