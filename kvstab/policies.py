@@ -16,6 +16,7 @@ from kvstab.sim.components import (
     SPF,
     SVF,
     CapAdmission,
+    ConservativeAdmission,
     CurrentAdmission,
     LargestKVVictim,
     LeastProgressVictim,
@@ -38,13 +39,15 @@ DESCRIPTIONS = {
     "cap": "reserve s + max_tokens (the law's longest output) per request "
     "(TensorRT-LLM guaranteed-no-evict); never overflows",
     "reserve-oracle": "reserve each request's true peak s+o (an oracle; never overflows)",
+    "sglang": "SGLang: reserve a decaying ratio of the running requests' remaining max_tokens, "
+    "retract the least progressed with headroom on overflow (recompute)",
 }
 
 
 def policy_presets(law=None) -> dict[str, Policy]:
-    """Every named preset, built for ``law`` (a joint length law). ``cap`` needs the law's
-    longest output as its max_tokens; it is left out when ``law`` is None or its outputs
-    are unbounded."""
+    """Every named preset, built for ``law`` (a joint length law). ``cap`` and ``sglang``
+    need the law's longest output as their max_tokens; they are left out when ``law`` is
+    None or its outputs are unbounded."""
     presets = {
         "vllm": Policy(CurrentAdmission(), Recompute(), FCFS()),
         "vllm-watermark": Policy(WatermarkAdmission(0.01), Recompute(), FCFS()),
@@ -58,6 +61,9 @@ def policy_presets(law=None) -> dict[str, Policy]:
     cap = None if law is None else law.max_output
     if cap is not None:
         presets["cap"] = Policy(CapAdmission(int(cap)), Recompute(), FCFS())
+        presets["sglang"] = Policy(
+            ConservativeAdmission(int(cap)), Recompute(), FCFS(), LeastProgressVictim()
+        )
     return presets
 
 
@@ -65,9 +71,9 @@ def preset(name: str, law=None) -> Policy:
     """The preset ``name`` for ``law``; an InputError lists the names."""
     table = policy_presets(law)
     if name not in table:
-        if name == "cap":
+        if name in ("cap", "sglang"):
             raise InputError(
-                "policy", "cap needs a workload whose outputs are bounded (its max_tokens)"
+                "policy", f"{name} needs a workload whose outputs are bounded (its max_tokens)"
             )
         raise InputError("policy", f"must be one of {', '.join(table)}, got {name!r}")
     return table[name]

@@ -257,6 +257,9 @@ class _Simulator:
         self.num_preempted = [0] * self.r
         self.arrivals_exhausted = False
         self.backlog_exhausted = False
+        adm = policy.admission
+        self.ratio = adm.r0 if adm.ratio else None  # SGLang's new-token ratio (float32)
+        self.admit_budget = 0  # admission ``conservative``: what step 4 may still admit
 
     # --- small helpers on request ids -------------------------------------------------------
 
@@ -319,7 +322,10 @@ class _Simulator:
         """
         victims = []  # as they are taken
         victim = self.policy.victim
-        while self.used + planned_growth > self.m:
+        adm = self.policy.admission
+        head = adm.retract_steps if adm.ratio else 0  # retraction's headroom per request
+        triggered = self.used + planned_growth > self.m
+        while triggered and self.used + planned_growth + head * len(self.running) > self.m:
             if victim.newest:
                 j = len(self.running) - 1
             else:  # the smallest key, ties to the newest admitted
@@ -336,7 +342,16 @@ class _Simulator:
             raise AssertionError("reserve admission can never overflow")  # pragma: no cover
         victims.reverse()  # each victim is put at the head as it is taken
         self.queue[0:0] = victims
+        if adm.ratio:
+            self.ratio = adm.next_ratio(
+                self.ratio, bool(victims), len(self.running), self.reserved_decode()
+            )
         return planned_growth
+
+    def reserved_decode(self) -> int:
+        """D = Σ_running (N − generated) of admission ``conservative``."""
+        n_cap = self.policy.admission.max_tokens
+        return sum(n_cap - max(p - num_chunks(self.s[i], self.chunk), 0) for i, p in self.running)
 
     # --- step 4 ------------------------------------------------------------------------------
 
@@ -352,11 +367,18 @@ class _Simulator:
         ``policy.admission.fits``: current: U + growth + mem(p+1) <= M. reserve: Σ_running
         (s+o) + (s+o) of the candidate <= M. Returns the increased growth.
         """
+        adm = self.policy.admission
+        if adm.ratio:  # the budget A, fixed at the start of step 4
+            self.admit_budget = adm.budget(
+                self.ratio, self.m, self.used, planned_growth, self.reserved_decode()
+            )
         while self.queue:
             idx = self.pick_candidate()
             i, p = self.queue[idx]
-            if not self.policy.admission.fits(self, i, p, planned_growth):
+            if not adm.fits(self, i, p, planned_growth):
                 break  # head-of-line blocking in the policy's order
+            if adm.ratio:
+                self.admit_budget -= self.s[i] + adm.max_tokens
             del self.queue[idx]
             self.running.append([i, p])
             self.used += self.mem_of(i, p)

@@ -21,6 +21,11 @@ NEW = {
         c.CurrentAdmission(), c.Recompute(), c.FCFS(), c.LeastProgressVictim()
     ),
     "largest_kv-swap": c.Policy(c.CurrentAdmission(), c.Swap(), c.FCFS(), c.LargestKVVictim()),
+    "conservative": c.Policy(
+        c.ConservativeAdmission(30, init_ratio=0.1, decay_steps=5, retract_steps=1),
+        c.Recompute(),
+        c.FCFS(),
+    ),
 }
 MORE = {  # combinations: the slow pass
     "watermark-swap-spf": c.Policy(c.WatermarkAdmission(0.05), c.Swap(), c.SPF(4)),
@@ -31,6 +36,15 @@ MORE = {  # combinations: the slow pass
     "largest_kv-svf": c.Policy(c.CurrentAdmission(), c.Recompute(), c.SVF(4), c.LargestKVVictim()),
     "least_progress-watermark-spf": c.Policy(
         c.WatermarkAdmission(0.02), c.Recompute(), c.SPF(4), c.LeastProgressVictim()
+    ),
+    "conservative-swap-least_progress": c.Policy(
+        c.ConservativeAdmission(30, init_ratio=0.3, decay_steps=10, retract_steps=3),
+        c.Swap(),
+        c.FCFS(),
+        c.LeastProgressVictim(),
+    ),
+    "conservative-svf-default-constants": c.Policy(
+        c.ConservativeAdmission(30), c.Recompute(), c.SVF(4)
     ),
 }
 
@@ -143,12 +157,38 @@ def test_public_simulate_runs_each_new_rule_without_recompiling_across_lambda_an
     assert not np.array_equal(a.completed, b.completed)
 
 
+def test_conservative_ratio_decays_then_jumps_on_retraction():
+    adm = c.ConservativeAdmission(30, init_ratio=0.5, min_ratio_factor=0.2, decay_steps=4)
+    r = adm.r0
+    for _ in range(6):  # four steps to the floor, then it stays there
+        r = adm.next_ratio(r, False, 3, 50)
+    assert r == adm.r_min == np.float32(0.1)
+    # retraction: n = 2 running, D = 2*30 - 12 generated = 48, h = 20: (12 + 40) / 61
+    assert adm.next_ratio(r, True, 2, 48) == np.float32(52) / np.float32(61)
+    assert adm.next_ratio(r, True, 1, 1) == 1.0  # capped at 1
+    # the budget fixed at step 4's start: M - U - growth - ceil(r·D)
+    assert adm.budget(np.float32(0.5), 1000, 300, 10, 101) == 1000 - 300 - 10 - 51
+
+
+def test_conservative_retraction_leaves_headroom():
+    pol = c.Policy(c.ConservativeAdmission(30, init_ratio=0.05, decay_steps=5, retract_steps=4))
+    arr, s, o = small_workload(5, 80, s_max=24, o_max=30, rate_steps=4, burst=30)
+    ref = reference.simulate(arr, s, o, system=System(120, 8), policy=pol, num_steps=200,
+                             stream_ends=True)  # fmt: skip
+    hit = np.flatnonzero(np.diff(ref.preemptions_cum, prepend=0))
+    assert len(hit) > 0  # the aggressive ratio does overflow
+    # after a retraction step, each running request has 4 tokens of room (or none is left)
+    k = hit[0]
+    assert ref.kv_tokens[k] + 4 * ref.running[k] <= 120 or ref.running[k] == 0
+
+
 def test_presets_are_named_described_and_valid():
     law = law_for("1:1")
     table = policy_presets(law)
     assert set(table) == set(DESCRIPTIONS)
     assert table["cap"].admission.max_tokens == 1600
-    assert "cap" not in policy_presets(None)
+    assert "cap" not in policy_presets(None) and "sglang" not in policy_presets(None)
+    assert table["sglang"].admission.max_tokens == 1600
     assert preset("vllm") == c.Policy()
     with pytest.raises(InputError, match="policy"):
         preset("fastest")

@@ -120,8 +120,9 @@ def add_policy_args(p: argparse.ArgumentParser, with_order: bool = True) -> None
         choices=tuple(ADMISSIONS),
         default="current",
         help="admit on current memory use (default, like vLLM), keeping a --watermark "
-        "free (vLLM's watermark), on the true peak s+o (reserve, an oracle), or on "
-        "s + --max-tokens (cap, TensorRT-LLM's guaranteed-no-evict)",
+        "free (vLLM's watermark), on the true peak s+o (reserve, an oracle), on "
+        "s + --max-tokens (cap, TensorRT-LLM's guaranteed-no-evict), or on a decaying "
+        "share of the running requests' remaining --max-tokens (conservative, SGLang)",
     )
     g.add_argument(
         "--watermark",
@@ -135,7 +136,7 @@ def add_policy_args(p: argparse.ArgumentParser, with_order: bool = True) -> None
         type=int,
         default=None,
         metavar="N",
-        help="cap admission reserves s + N per request; N >= the longest output",
+        help="output cap of cap/conservative admission; N >= the longest output",
     )
     g.add_argument(
         "--overflow",

@@ -62,15 +62,20 @@ def _each(field: str, value: Any, **limits) -> None:
 class Admission:
     """Whether the next candidate fits. Hooks: ``fits`` (reference), ``jax_need_budget``.
 
-    ``reservation(s, o)`` is what a running request counts in the reserved sum R (the
-    simulator's ``peak_sum``): s + o unless the rule reserves something else, in which case
-    ``own_reservation`` is True and the simulator's calendar keeps a column for it."""
+    ``reservation(s, o, p, c)`` is what a running request at position p (c = its number of
+    chunks) counts in the reserved sum R (the simulator's ``peak_sum``): s + o unless the
+    rule reserves something else, in which case ``own_reservation`` is True and the
+    simulator's calendar keeps a column for what a completion releases.
+
+    ``ratio``: the rule carries SGLang's new-token ratio (:class:`ConservativeAdmission`);
+    then step 3 retracts with headroom and step 4 has a budget fixed at its start."""
 
     name: ClassVar[str]
     can_overflow: ClassVar[bool]  # False: step 3 (preemption) can never trigger
     own_reservation: ClassVar[bool] = False
+    ratio: ClassVar[bool] = False
 
-    def reservation(self, s, o):
+    def reservation(self, s, o, p=None, c=None):
         return s + o
 
     def check_workload(self, prompt_max: int | None, output_max: int | None, m) -> None:
@@ -149,7 +154,7 @@ class CapAdmission(Admission):
     def __post_init__(self):
         check_number("max_tokens", self.max_tokens, low=1, high=2**31 - 1, integer=True)
 
-    def reservation(self, s, o):
+    def reservation(self, s, o, p=None, c=None):
         return s + self.max_tokens
 
     def check_workload(self, prompt_max, output_max, m) -> None:
@@ -181,6 +186,89 @@ class CapAdmission(Admission):
 
     def jax_need_budget(self, sc, growth, s, o, mem_next):
         return s + self.max_tokens, sc.cap - sc.peak_sum
+
+
+@dataclasses.dataclass(frozen=True)
+class ConservativeAdmission(CapAdmission):
+    """SGLang's conservative admission with retraction (docs/semantics.md, admission
+    ``conservative``). A new-token ratio r (float32; starts at ``init_ratio``, falls by
+    ``(init_ratio − min_ratio)/decay_steps`` per step without overflow down to
+    ``min_ratio = init_ratio·min_ratio_factor``) scales the decode tokens the running
+    requests may still produce, D = Σ_running (N − generated), N = ``max_tokens``. Step 4
+    has the budget A = M − U − growth − ⌈r·D⌉, fixed at its start; a candidate is admitted
+    while the sum of s + N over this step's admissions, its own included, is ≤ A. On
+    overflow, step 3 retracts (victim rule) until U + growth + h·n ≤ M (h =
+    ``retract_steps`` tokens of headroom per running request, n of them), then sets
+    r = min(1, (Σ generated + h·n)/(n·N + 1))."""
+
+    init_ratio: float = 0.7
+    min_ratio_factor: float = 0.14
+    decay_steps: int = 600
+    retract_steps: int = 20
+    name: ClassVar[str] = "conservative"
+    can_overflow: ClassVar[bool] = True
+    own_reservation: ClassVar[bool] = True
+    ratio: ClassVar[bool] = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_number("init_ratio", self.init_ratio, low=0.0, high=1.0, low_open=True)
+        check_number("min_ratio_factor", self.min_ratio_factor, low=0.0, high=1.0)
+        check_number("decay_steps", self.decay_steps, low=1, high=2**31 - 1, integer=True)
+        check_number("retract_steps", self.retract_steps, low=0, high=2**20, integer=True)
+
+    # The float32 constants both simulators use.
+    @property
+    def r0(self):
+        return np.float32(self.init_ratio)
+
+    @property
+    def r_min(self):
+        return np.float32(self.init_ratio * self.min_ratio_factor)
+
+    @property
+    def r_decay(self):
+        return np.float32(
+            (self.init_ratio - self.init_ratio * self.min_ratio_factor) / self.decay_steps
+        )
+
+    def reservation(self, s, o, p=None, c=None):
+        """N − generated tokens (generated = max(0, p − C)); at completion (p = C + o) N − o."""
+        if isinstance(p, (int, np.integer)):
+            return self.max_tokens - max(p - c, 0)
+        return self.max_tokens - jnp.maximum(p - c, 0)
+
+    def check_workload(self, prompt_max, output_max, m) -> None:
+        super().check_workload(prompt_max, output_max, m)
+
+    def next_ratio(self, r, retracted: bool, n: int, reserved: int, xp=np):
+        """r after step 3: the retraction estimate, or one decay step (float32)."""
+        f = np.float32 if xp is np else jnp.float32
+        if xp is np:
+            if retracted:
+                est = f(n * self.max_tokens - reserved + self.retract_steps * n) / f(
+                    n * self.max_tokens + 1
+                )
+                return min(f(1.0), est)
+            return max(f(r) - self.r_decay, self.r_min)
+        nN = n * self.max_tokens
+        est = (nN - reserved + self.retract_steps * n).astype(f) / (nN + 1).astype(f)
+        return jnp.where(
+            retracted, jnp.minimum(f(1.0), est), jnp.maximum(r - self.r_decay, self.r_min)
+        )
+
+    def budget(self, r, m, used, growth, reserved, xp=np):
+        """A = M − U − growth − ⌈r·D⌉ (r·D rounded to float32, then ceiled)."""
+        if xp is np:
+            return m - used - growth - int(np.ceil(np.float32(r) * np.float32(reserved)))
+        off = jnp.ceil(r * reserved.astype(jnp.float32)).astype(jnp.int32)
+        return m - used - growth - off
+
+    def fits(self, sim, i: int, p: int, planned_growth: int) -> bool:
+        return sim.admit_budget >= sim.s[i] + self.max_tokens
+
+    def jax_need_budget(self, sc, growth, s, o, mem_next):
+        return s + self.max_tokens, sc.aux
 
 
 # ---------------------------------------------------------------------------------------------
@@ -775,7 +863,14 @@ class Outputs:
 # ---------------------------------------------------------------------------------------------
 
 ADMISSIONS = {
-    c.name: c for c in (CurrentAdmission, ReserveAdmission, WatermarkAdmission, CapAdmission)
+    c.name: c
+    for c in (
+        CurrentAdmission,
+        ReserveAdmission,
+        WatermarkAdmission,
+        CapAdmission,
+        ConservativeAdmission,
+    )
 }
 OVERFLOWS = {c.name: c for c in (Recompute, Swap)}
 ORDERS = {c.name: c for c in (FCFS, SPF, SVF)}
@@ -811,10 +906,12 @@ def policy_from_names(
     check_number("spf_window", spf_window, low=1, integer=True)
     if adm_cls is WatermarkAdmission:
         adm = WatermarkAdmission(watermark)
-    elif adm_cls is CapAdmission:
+    elif adm_cls in (CapAdmission, ConservativeAdmission):
         if max_tokens is None:
-            raise InputError("max_tokens", "cap admission needs max_tokens, an integer >= 1")
-        adm = CapAdmission(max_tokens)
+            raise InputError(
+                "max_tokens", f"{admission} admission needs max_tokens, an integer >= 1"
+            )
+        adm = adm_cls(max_tokens)
     else:
         adm = adm_cls()
     return Policy(

@@ -42,6 +42,7 @@ class LoopScalars(NamedTuple):
     wait_tok: Any  # 0 unless a dynamic router keeps it
     k: Any
     cap: Any
+    aux: Any  # a rule's per-step scalar (conservative admission: its remaining budget A)
     win_id: Any  # (W,)
 
 
@@ -52,10 +53,13 @@ def pack_scalars(st: State, cap) -> jax.Array:
     """(rows, F) int32: every row's :class:`LoopScalars`, packed."""
     zero = jnp.zeros_like(st.used)
     cols = [
-        cap if f == "cap" else (zero if getattr(st, f) is None else getattr(st, f))
+        cap if f == "cap" else (zero if getattr(st, f, None) is None else getattr(st, f))
         for f in _SCALARS
     ]
     return jnp.concatenate([jnp.stack(cols, axis=1), st.win_id], axis=1)
+
+
+AUX = _SCALARS.index("aux")
 
 
 def scalars_of(row) -> LoopScalars:
@@ -69,7 +73,7 @@ def row_of(sc: LoopScalars):
 
 def unpack_scalars(st: State, packed) -> State:
     n = len(_SCALARS)
-    upd = {f: packed[:, j] for j, f in enumerate(_SCALARS) if f not in ("cap", "k")}
+    upd = {f: packed[:, j] for j, f in enumerate(_SCALARS) if f not in ("cap", "k", "aux")}
     if st.wait_tok is None:
         del upd["wait_tok"]
     return st._replace(win_id=packed[:, n:], **upd)

@@ -224,6 +224,8 @@ class State(NamedTuple):
     buf_src: Any = None
     r_ptr: Any = None
     wait_tok: Any = None
+    # --- admission ``conservative`` only (None otherwise): the new-token ratio r ----------
+    ratio: Any = None
 
 
 class BlockOut(NamedTuple):
@@ -281,6 +283,8 @@ def _init_one(cfg: StaticConfig) -> State:
         flags=z,
         rec=jnp.full((rr, 6), -1, jnp.int32).at[:, REC_NPRE].set(0),
     )
+    if cfg.policy.admission.ratio:
+        st = st._replace(ratio=jnp.float32(cfg.policy.admission.r0))
     if cfg.dynamic:
         rb = cfg.replica_requests
         st = st._replace(

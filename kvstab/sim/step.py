@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from kvstab.request import mem_array
 from kvstab.sim.engine import (
+    AUX,
     LoopArrays,
     LoopContext,
     LoopScalars,
@@ -120,10 +121,19 @@ def batch_step(st: State, xi, req: Requests, params: SimParams, cfg: StaticConfi
 
     # 3. Preempt.
     n_pre = jnp.int32(0)
-    if policy.admission.can_overflow:
-        preempt = preempt_window if policy.victim.newest else preempt_chosen
+    adm = policy.admission
+    if adm.can_overflow:
+        fast = policy.victim.newest and not adm.ratio
+        preempt = preempt_window if fast else preempt_chosen
         pre = lambda s, g, x: preempt(s, g, x, cfg)  # noqa: E731
         sc, _, big, n_pre = run_loop(pre, sc, overflowing(sc), big, req.so, cfg)
+    if adm.ratio:  # the new-token ratio after step 3, then step 4's budget A
+        s_ = jax.vmap(scalars_of)(sc)
+        retracted = s_.preempted > st.preempted
+        ratio = adm.next_ratio(st.ratio, retracted, s_.n_running, s_.peak_sum, jnp)
+        budget = adm.budget(ratio, s_.cap, s_.used, growth(s_, cfg.chunk_tokens), s_.peak_sum, jnp)
+        sc = sc.at[:, AUX].set(budget)
+        st = st._replace(ratio=ratio)
 
     # 4. Admit.
     admit = admit_window if policy.order.in_queue_order else admit_one
@@ -281,6 +291,16 @@ def is_overflowing(sc: LoopScalars, cfg: StaticConfig):
     return sc.used + growth(sc, cfg.chunk_tokens) > sc.cap
 
 
+def keeps_preempting(sc: LoopScalars, cfg: StaticConfig):
+    """Once step 3 has started: U + growth > M, or, for admission ``conservative``,
+    U + growth + h·n > M (retraction leaves h tokens of headroom per running request)."""
+    adm = cfg.policy.admission
+    if adm.ratio:
+        head = adm.retract_steps * sc.n_running
+        return sc.used + growth(sc, cfg.chunk_tokens) + head > sc.cap
+    return is_overflowing(sc, cfg)
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. Preempt
 
@@ -330,11 +350,11 @@ def preempt_chosen(sc: LoopScalars, go, x: LoopContext, cfg: StaticConfig):
     key = jnp.where(alive, key, big)
     age = (sc.tail - 1 - slots) % K  # 0: the newest admitted
     best = jnp.argmin(jnp.where(alive & (key == jnp.min(key)), age, big)).astype(jnp.int32)
-    do = go & is_overflowing(sc, cfg) & alive[best]
+    do = go & keeps_preempting(sc, cfg) & alive[best]
     one = lambda a: a[best][None]  # noqa: E731
     sc, w = preempt(sc, do[None], best[None], one(ent[:, RING_ID]), one(ent[:, RING_A0]),
                     one(s), one(o), x, cfg)  # fmt: skip
-    return sc, go & is_overflowing(sc, cfg), w
+    return sc, go & keeps_preempting(sc, cfg), w
 
 
 def preempt(sc: LoopScalars, victim, slot, rid, a0, s, o, x: LoopContext, cfg: StaticConfig):
@@ -363,7 +383,7 @@ def preempt(sc: LoopScalars, victim, slot, rid, a0, s, o, x: LoopContext, cfg: S
         nfull=sc.nfull - jnp.sum(vi * (p < c - 1)),
         once=sc.once - jnp.sum(vi * jnp.where(p == c - 1, r, 0)),
         ndec=sc.ndec - jnp.sum(vi * (p >= c)),
-        peak_sum=sc.peak_sum - jnp.sum(vi * cfg.policy.admission.reservation(s, o)),
+        peak_sum=sc.peak_sum - jnp.sum(vi * cfg.policy.admission.reservation(s, o, p, c)),
         n_running=sc.n_running - n_vict,
         top=jnp.minimum(sc.top + n_vict, S),
         preempted=sc.preempted + n_vict,
@@ -503,7 +523,10 @@ def enter(sc: LoopScalars, admit, cid, cpos, slot, s, o, x: LoopContext, cfg: St
         nfull=sc.nfull + jnp.sum(ai * (cpos < c - 1)),
         once=sc.once + jnp.sum(ai * jnp.where(cpos == c - 1, r, 0)),
         ndec=sc.ndec + jnp.sum(ai * (cpos >= c)),
-        peak_sum=sc.peak_sum + jnp.sum(ai * cfg.policy.admission.reservation(s, o)),
+        peak_sum=sc.peak_sum + jnp.sum(ai * cfg.policy.admission.reservation(s, o, cpos, c)),
+        aux=sc.aux - jnp.sum(ai * (s + cfg.policy.admission.max_tokens))
+        if cfg.policy.admission.ratio
+        else sc.aux,
         tail=sc.tail + n,
         n_running=sc.n_running + n,
         wait_tok=sc.wait_tok - jnp.sum(ai * s) if tracks else sc.wait_tok,
@@ -538,7 +561,8 @@ def life_events(do, a0, pos, s, o, cfg: StaticConfig, sign):
     z, one = jnp.zeros_like(s), jnp.ones_like(s)
     cols = [[z, z, -one, z, r], [z, z, z, one, z], [s + o, one, z, -one, z]]
     if cfg.cal_cols > CAL_RES:  # the reservation freed at completion
-        for c_, v in zip(cols, (z, z, cfg.policy.admission.reservation(s, o)), strict=True):
+        done = cfg.policy.admission.reservation(s, o, c + o, c)
+        for c_, v in zip(cols, (z, z, done), strict=True):
             c_.append(v)
     deltas = sign * jnp.stack([jnp.stack(c_, axis=-1) for c_ in cols], axis=-2)
     return drop(live, rows, cfg.cal_len), deltas
@@ -567,7 +591,9 @@ def execute(st: State, row, xi, params: SimParams, cfg: StaticConfig):
     backlog_out = cfg.saturated & (queue_len == 0)
     st = st._replace(
         used=kv - free,
-        peak_sum=st.peak_sum - (row[CAL_RES] if cfg.cal_cols > CAL_RES else free),
+        peak_sum=st.peak_sum
+        - (row[CAL_RES] if cfg.cal_cols > CAL_RES else free)
+        - (decode_tokens if cfg.policy.admission.ratio else 0),
         n_running=st.n_running - ncomp,
         completed=st.completed + ncomp,
         nfull=st.nfull + row[CAL_DFULL],
