@@ -35,6 +35,7 @@ from kvstab.request import (  # noqa: F401
     g_paper,
     prefill_area,
 )
+from kvstab.validate import check_system
 
 
 def mean_g(workload: JointLaw, chunk_tokens: int, form: str = "exact"):
@@ -131,9 +132,8 @@ class CapacityReport:
 
 
 def validate_system(kv_capacity_tokens, chunk_tokens, batch_time_s) -> None:
-    check_number("kv_capacity_tokens", kv_capacity_tokens, low=1, integer=True)
-    check_number("chunk_tokens", chunk_tokens, low=1, integer=True)
-    check_number("batch_time_s", batch_time_s, low=0, low_open=True)
+    """M, ŝ in [1, 2**30] tokens, b̄ in [1e-9, 1e6] s (:func:`kvstab.validate.check_system`)."""
+    check_system(kv_capacity_tokens, chunk_tokens, batch_time_s)
 
 
 def capacity(

@@ -45,6 +45,7 @@ import numpy as np
 from kvstab.errors import InputError, check_number
 from kvstab.laws import JointEmpirical
 from kvstab.paper import CHUNK_TOKENS
+from kvstab.validate import MAX_TOKENS
 
 FORMATS = ("auto", "azure", "mooncake", "csv")
 CANONICAL = ("arrival_s", "prompt_tokens", "output_tokens")
@@ -116,11 +117,17 @@ class Trace:
                 f"before index {i - 1} ({t[i - 1]} s)",
             )
         for name, v in (("prompt", s), ("output", o)):
-            bad = ~np.isfinite(v) | (v < 1) | (v != np.round(v))
+            if v.dtype.kind not in "iuf":
+                try:
+                    v = v.astype(np.float64)
+                except (TypeError, ValueError):
+                    raise InputError(name, "token counts must be numbers") from None
+            bad = ~np.isfinite(v) | (v < 1) | (v > MAX_TOKENS) | (v != np.round(v))
             if np.any(bad):
                 i = int(np.flatnonzero(bad)[0])
                 raise InputError(
-                    name, f"token counts must be integers >= 1, got {v[i]} at index {i}"
+                    name,
+                    f"token counts must be integers in [1, {MAX_TOKENS}], got {v[i]} at index {i}",
                 )
         object.__setattr__(self, "arrival_s", t - t[0])
         object.__setattr__(self, "prompt", s.astype(np.int64))
@@ -379,6 +386,8 @@ class _Rows:
             self.fail(row, line, f"{name} must be >= 0 tokens, got {value!r}")
         if x != math.floor(x):
             self.fail(row, line, f"{name} must be an integer number of tokens, got {value!r}")
+        if x > MAX_TOKENS:
+            self.fail(row, line, f"{name} must be <= {MAX_TOKENS} tokens, got {value!r}")
         return int(x) if iv is None else iv
 
     def add(self, row: int, line: int, sec: int, frac: float, s: int, o: int) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from kvstab import __version__
 from kvstab.cli import boundary, capacity, fit, reproduce, simulate
+from kvstab.cli.common import validate_args
 from kvstab.errors import InputError
 
 COMMANDS = (capacity, simulate, boundary, fit, reproduce)
@@ -98,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        validate_args(args, sub.choices[args.command], argv)  # every flag, before any work
         return int(args.func(args) or 0)
     except InputError as e:
         flag = FLAG_FOR.get(e.field, e.field)

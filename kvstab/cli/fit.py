@@ -199,6 +199,14 @@ def run(args: argparse.Namespace) -> int:
         drop_zero=args.drop_zero,
         time_unit_s=args.time_unit_s,
     )
+    need = int((trace.prompt + trace.output).max())
+    if need > args.kv_tokens:
+        i = int((trace.prompt + trace.output).argmax())
+        raise InputError(
+            "kv_capacity_tokens",
+            f"must hold every request of the trace: request {i} needs s+o = {need:,} tokens > "
+            f"{args.kv_tokens:,}, so it could never be served (give --kv-tokens >= {need})",
+        )
     summary = trace.summary(args.chunk)
     say(f"kvstab fit: {len(trace)} requests from {trace.source} ({trace.format})")
 
