@@ -226,6 +226,19 @@ def warmup_steps(law, chunk_tokens: int, num_steps: int, warmup_frac: float = WA
     return int(math.ceil(frac * num_steps)), frac, text
 
 
+def min_steps(law, chunk_tokens: int, warmup_frac: float = WARMUP_FRAC) -> int:
+    """The shortest run whose drift and throughput estimates mean something: a warm-up of
+    WARMUP_LIFETIMES size-biased lifetimes that is not capped (at MAX_WARMUP_FRAC of the
+    run), then at least MIN_WINDOW_LIFETIMES mean lifetimes of measurement."""
+    life = mean_lifetime_steps(law, chunk_tokens)
+    _, lsb = lifetime_moments(law, chunk_tokens)
+    warm = WARMUP_LIFETIMES * lsb
+    window = MIN_WINDOW_LIFETIMES * life
+    return int(
+        math.ceil(max(warm / MAX_WARMUP_FRAC, warm + window, window / (1 - warmup_frac)))
+    )
+
+
 def system_values(law, system: System) -> tuple[int, int, float]:
     """(M, ŝ, b̄) of one replica, checked (an :class:`InputError` naming the field).
 
@@ -1214,6 +1227,19 @@ def estimate_boundary(
     if math.isfinite(lam) and math.isfinite(sat.ci_low):
         if not (fit_l["ci"][0] <= sat.ci_high and sat.ci_low <= fit_l["ci"][1]):
             notes.append(f"lambda* ({lam:.4g}) and mu_sim ({mu_sim:.4g}) disagree beyond their CIs")
+    t_min = min_steps(law, chunk, warmup_frac)
+    if T < t_min:
+        flags.add("run_too_short")
+        notes.append(
+            f"{T} steps is too short for this workload: the warm-up and the measurement "
+            f"window need at least {t_min} steps (num_steps >= {t_min}); lambda* is unreliable"
+        )
+    if not (math.isfinite(lam) and lam > 0):
+        flags.add("lambda_star_not_positive")
+        notes.append(
+            f"lambda* = {lam:.4g} req/s is not a positive rate: the drift fit failed "
+            f"(lengthen the run to at least {t_min} steps, or widen the grid)"
+        )
     if not sat.warmup_check["ok"]:
         notes.append(
             "mu_sim changed beyond its CI (paired test) when the warm-up was doubled "

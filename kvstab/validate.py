@@ -55,9 +55,14 @@ def _fmt(x: float) -> str:
 
 
 def _range(low, high, low_open, high_open) -> str:
-    if low is not None and high is not None:
+    if low is not None and high is not None and high - low <= 1000:  # a natural interval
         return (
             f" in {'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
+        )
+    if low is not None and high is not None:  # a lower bound, and a limit of the types
+        return (
+            f" {'>' if low_open else '>='} {_fmt(low)} and {'<' if high_open else '<='} "
+            f"{_fmt(high)}"
         )
     if low is not None:
         return f" {'>' if low_open else '>='} {_fmt(low)}"
