@@ -45,7 +45,7 @@ MEMORY_FRACTION = 0.8
 
 
 def _is_tracer(value: Any) -> bool:
-    return hasattr(value, "aval") and type(value).__module__.startswith("jax")
+    return any(c.__name__ == "Tracer" for c in type(value).__mro__)
 
 
 def _fmt(x: float) -> str:
