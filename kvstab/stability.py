@@ -109,6 +109,14 @@ from kvstab.sim.components import (
     Workload,
 )
 from kvstab.sim.sizing import request_buffer_size
+from kvstab.validate import (
+    INT32_MAX,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_TOKENS,
+    check_sizes,
+    check_value,
+)
 
 ALPHA = 0.025  # one-sided level of each drift test (a 95 % two-sided interval)
 REL_THRESHOLD = 0.01  # practical growth threshold, fraction of λ
@@ -1035,24 +1043,25 @@ def estimate_boundary(
     """
     t0 = time.perf_counter()
     c0 = time.process_time()
-    M, chunk, b = system_values(law, system)
     _check_policy(policy)
     if precision not in PRECISIONS:
         raise InputError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    check_number("seed", seed, low=0, integer=True)
+    check_value("seed", seed, low=0, high=MAX_SEED, integer=True)
     check_number("alpha", alpha, low=0, high=0.5, low_open=True, high_open=True)
     check_number("warmup_frac", warmup_frac, low=0, high=0.5, high_open=True)
     p = dict(PRECISIONS[precision])
-    for name, v in (
-        ("replications", replications),
-        ("num_steps", num_steps),
-        ("grid_points", grid_points),
+    for name, v, low, high in (
+        ("replications", replications, 2, INT32_MAX),
+        ("num_steps", num_steps, 100, MAX_STEPS),
+        ("grid_points", grid_points, 2, 1000),
     ):
         if v is not None:
-            check_number(name, v, low=2 if name != "num_steps" else 100, integer=True)
+            check_value(name, v, low=low, high=high, integer=True)
             p[name] = int(v)
     if initial_queue is not None:
-        check_number("initial_queue", initial_queue, low=1, integer=True)
+        check_value("initial_queue", initial_queue, low=1, high=MAX_TOKENS, integer=True)
+    check_sizes(sizes)
+    M, chunk, b = system_values(law, system)  # after the cheap checks: it sums over the law
     K, R, T = p["grid_points"], p["replications"], p["num_steps"]
     N = K * R
     th = theory(law, system)

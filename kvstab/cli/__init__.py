@@ -91,9 +91,14 @@ def use_all_cpu_cores() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
+_PARSER: list = []  # built once per process: main() is also called in-process (tests)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     use_all_cpu_cores()
-    parser = build_parser()
+    if not _PARSER:
+        _PARSER.append(build_parser())
+    parser = _PARSER[0]
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
