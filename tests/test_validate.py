@@ -297,3 +297,68 @@ def test_min_steps_grows_with_the_lifetimes():
     short = stability.min_steps(Independent(Uniform(10, 100), Uniform(10, 100)), 256)
     long = stability.min_steps(Independent(Uniform(10, 100), Uniform(1010, 1100)), 256)
     assert 0 < short < long
+
+
+# ---------------------------------------------------------------------------------------------
+# Regressions of issue 17 that need more than a refusal
+
+
+class _FakeBoundary:
+    def to_dict(self):
+        return {"lambda_star": 1.5, "flags": []}
+
+    def summary_text(self):
+        return "kvstab boundary: fake summary"
+
+
+def test_boundary_keeps_results_when_the_figure_fails(capsys, tmp_path, monkeypatch):
+    import json
+
+    import kvstab.cli.boundary as cli_boundary
+
+    def broken_plot(result, path):
+        raise RuntimeError("no backend")
+
+    monkeypatch.setattr(stability, "estimate_boundary", lambda *a, **k: _FakeBoundary())
+    monkeypatch.setattr(cli_boundary, "plot_boundary", broken_plot)
+    out, plot = tmp_path / "b.json", tmp_path / "b.png"
+    code = main(["boundary", *SMALL, "--quiet", "--out", str(out), "--plot", str(plot)])
+    stdout, err = capsys.readouterr()
+    assert code == 1
+    assert json.loads(out.read_text())["lambda_star"] == 1.5  # written before the figure
+    assert "fake summary" in stdout
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--plot" in lines[0] and "results kept" in lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_out_into_a_read_only_directory_is_refused(capsys, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    code = main(["simulate", *BASE["simulate"], "--out", str(ro / "x.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out" in err and "permission" in err
+
+
+@pytest.mark.slow
+def test_simulate_says_when_steps_are_rounded_and_warns_on_a_short_run(capsys, tmp_path):
+    import json
+
+    out = tmp_path / "s.json"
+    code = main(["simulate", "--prompt", "uniform:10:400", "--output", "uniform:10:400",
+                 "--kv-tokens", "20000", "--rate", "1", "--steps", "2570", "--trajectories",
+                 "2", "--json", "--out", str(out)])  # fmt: skip
+    stdout, err = capsys.readouterr()
+    assert code == 0
+    summ = json.loads(stdout)
+    T = summ["config"]["num_steps"]
+    assert T > 2570 and summ["num_steps_requested"] == 2570
+    assert "--steps 2,570 ran as" in err and f"{T:,} steps" in err
+    import re
+
+    short = [w for w in summ["warnings"] if "run too short" in w]
+    assert len(short) == 1, summ["warnings"]
+    need = int(re.search(r"--steps >= (\d+)", short[0]).group(1))
+    expected = stability.min_steps(Independent(Uniform(10, 400), Uniform(10, 400)), 256, 0.25)
+    assert T < need and abs(need - expected) <= 0.01 * expected  # float32 vs float64 sums
