@@ -35,7 +35,7 @@ from kvstab.request import (  # noqa: F401
     g_paper,
     prefill_area,
 )
-from kvstab.validate import check_system
+from kvstab.validate import MAX_TOKENS, check_system, check_value
 
 
 def mean_g(workload: JointLaw, chunk_tokens: int, form: str = "exact"):
@@ -70,6 +70,8 @@ def mu_for(
     form: str = "exact",
 ):
     """μ for a workload; differentiable in M, b̄ and the law's continuous parameters."""
+    check_value("kv_capacity_tokens", kv_capacity_tokens, low=0, low_open=True,
+                high=MAX_TOKENS, array=True)  # fmt: skip
     return critical_rate(kv_capacity_tokens, batch_time_s, mean_g(workload, chunk_tokens, form))
 
 

@@ -324,8 +324,11 @@ class Empirical(LengthLaw):
         v = np.asarray(self.values)
         if v.ndim != 1 or v.size == 0:
             raise InputError("values", "must be a non-empty 1-D list of lengths")
-        if v.dtype == object:  # Python ints beyond int64 (a 10**30-token row)
-            v = v.astype(np.float64)
+        if v.dtype.kind not in "iuf":  # Python ints beyond int64 (a 10**30-token row), text
+            try:
+                v = v.astype(np.float64)
+            except (TypeError, ValueError, OverflowError):
+                raise InputError("values", "lengths must be numbers") from None
         bad = ~np.isfinite(v) | (v < 1) | (v > MAX_TOKENS) | (v != np.round(v))
         if np.any(bad):
             i = int(np.flatnonzero(bad)[0])

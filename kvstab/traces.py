@@ -96,7 +96,10 @@ class Trace:
     start_offset_s: float = 0.0
 
     def __post_init__(self):
-        t = np.asarray(self.arrival_s, dtype=np.float64)
+        try:
+            t = np.asarray(self.arrival_s, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError("arrival_s", "must be numbers (seconds)") from None
         s = np.asarray(self.prompt)
         o = np.asarray(self.output)
         if t.ndim != 1 or t.size == 0 or s.shape != t.shape or o.shape != t.shape:
@@ -507,8 +510,8 @@ def _read_csv(path: str, f, mapping: Mapping[str, str], unit_s: float, rows: _Ro
         raise InputError(
             "trace",
             f"{path}: missing column(s) {names}; the header has {', '.join(header)}. Other "
-            "column names: pass columns={'arrival_s': ..., 'prompt_tokens': ..., "
-            "'output_tokens': ...}",
+            "column names: pass columns (command line: --columns arrival_s=NAME,"
+            "prompt_tokens=NAME,output_tokens=NAME)",
         )
     idx = {c: header.index(mapping[c]) for c in CANONICAL}
     row = 0
@@ -611,6 +614,8 @@ def read_trace(
         InputError: (field ``"trace"``) naming the file and ``row N (line L)`` for a malformed
             row; also for a missing file, an empty file and missing columns.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError("trace", f"must be a file name, got {path!r}")
     path = os.fspath(path)
     if fmt not in FORMATS:
         raise InputError("trace_format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")

@@ -15,11 +15,12 @@ import os
 import numpy as np
 import pytest
 
-from kvstab import analytic, stability, validate
+from kvstab import analytic, stability, traces, validate
 from kvstab.cli import build_parser, main
 from kvstab.cli.common import FLAG_RANGES
 from kvstab.errors import InputError
-from kvstab.laws import Empirical, Independent, Uniform
+from kvstab.fit import fit_arrivals
+from kvstab.laws import Empirical, Independent, Uniform, parse_law
 from kvstab.sim import (
     SPF,
     Cluster,
@@ -238,6 +239,18 @@ API_CASES = [
      "seed"),  # fmt: skip
     ("drift rate", lambda: stability.drift_test(LAW, float("nan"), System(20000)),
      "rate"),  # fmt: skip
+    ("read_trace not a path", lambda: traces.read_trace(123), "trace"),
+    ("Trace text times", lambda: traces.Trace(arrival_s="abc", prompt=[1], output=[1]),
+     "arrival_s"),  # fmt: skip
+    ("Trace 1e30 tokens", lambda: traces.Trace(arrival_s=[0.0, 1.0], prompt=[1, 10**30],
+                                               output=[1, 1]), "prompt"),  # fmt: skip
+    ("Empirical text", lambda: Empirical(["a"]), "values"),
+    ("parse_law empty item", lambda: parse_law("empirical:5,,6", "prompt"), "prompt"),
+    ("fit_arrivals text", lambda: fit_arrivals("abc"), "gaps"),
+    ("mu_for huge M", lambda: analytic.mu_for(LAW, 2**40, 0.03, 256), "kv_capacity_tokens"),
+    ("capacity rate str", lambda: analytic.capacity(LAW, kv_capacity_tokens=20000,
+                                                    chunk_tokens=256, batch_time_s=0.03,
+                                                    rate_per_s="x"), "rate_per_s"),
     ("check_output_file figure", lambda: validate.check_output_file("plot", "x.xyz",
                                                                    figure=True), "plot"),
 ]
