@@ -93,6 +93,12 @@ def gpus_needed(rate_per_s: float, mu_per_replica: float, utilization: float = 0
         return 0
     # Guard the ceiling against float noise: 3.0000000000000004 must not become 4.
     ratio = rate_per_s / (utilization * mu_per_replica)
+    if not math.isfinite(ratio) or ratio > 1e15:
+        raise InputError(
+            "utilization",
+            f"lambda/(rho*mu) = {rate_per_s:g}/({utilization:g}*{mu_per_replica:g}) is too large "
+            "to count replicas; give a larger --utilization or a smaller --rate",
+        )
     return int(math.ceil(ratio - 1e-9 * max(1.0, ratio)))
 
 

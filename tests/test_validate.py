@@ -122,6 +122,7 @@ def _cli_cases():
         ("simulate", ["--initial-queue", "1000000000"], "--initial-queue"),
         ("simulate", ["--kv-tokens", "100"], "--prompt/--output"),
         ("capacity", ["--batch-time", "1e-320"], "--batch-time"),
+        ("capacity", ["--rate", "1e9", "--utilization", "1e-300"], "--utilization"),
         ("fit", ["--kv-tokens", "1000"], "--kv-tokens"),
         ("fit", ["--columns", "bogus"], "--columns"),
         ("fit", ["--jitter", "-3"], "--jitter"),
