@@ -40,7 +40,9 @@ def check_number(
         return
     kind = "an integer" if integer else "a finite number"
     if isinstance(value, (str, bytes, bool)) or value is None:
-        raise InputError(field, f"must be {kind}{_range(low, high, low_open, high_open)}, got {value!r}")
+        raise InputError(
+            field, f"must be {kind}{_range(low, high, low_open, high_open)}, got {value!r}"
+        )
     try:
         x = float(value)
     except OverflowError:  # a Python int beyond float range

@@ -333,7 +333,8 @@ class Empirical(LengthLaw):
         if np.any(bad):
             i = int(np.flatnonzero(bad)[0])
             raise InputError(
-                "values", f"lengths must be integers >= 1 and <= {MAX_TOKENS}, got {v[i]} at index {i}"
+                "values",
+                f"lengths must be integers >= 1 and <= {MAX_TOKENS}, got {v[i]} at index {i}",
             )
         uniq, inv = np.unique(v.astype(np.int64), return_inverse=True)
         w = np.ones(v.size) if self.weights is None else np.asarray(self.weights, float)

@@ -242,9 +242,7 @@ def min_steps(law, chunk_tokens: int, warmup_frac: float = WARMUP_FRAC) -> int:
     _, lsb = lifetime_moments(law, chunk_tokens)
     warm = WARMUP_LIFETIMES * lsb
     window = MIN_WINDOW_LIFETIMES * life
-    return int(
-        math.ceil(max(warm / MAX_WARMUP_FRAC, warm + window, window / (1 - warmup_frac)))
-    )
+    return int(math.ceil(max(warm / MAX_WARMUP_FRAC, warm + window, window / (1 - warmup_frac))))
 
 
 def system_values(law, system: System) -> tuple[int, int, float]:

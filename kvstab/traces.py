@@ -130,7 +130,8 @@ class Trace:
                 i = int(np.flatnonzero(bad)[0])
                 raise InputError(
                     name,
-                    f"token counts must be integers >= 1 and <= {MAX_TOKENS}, got {v[i]} at index {i}",
+                    f"token counts must be integers >= 1 and <= {MAX_TOKENS}, got {v[i]} "
+                    f"at index {i}",
                 )
         object.__setattr__(self, "arrival_s", t - t[0])
         object.__setattr__(self, "prompt", s.astype(np.int64))

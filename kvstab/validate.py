@@ -56,9 +56,7 @@ def _fmt(x: float) -> str:
 
 def _range(low, high, low_open, high_open) -> str:
     if low is not None and high is not None and high - low <= 1000:  # a natural interval
-        return (
-            f" in {'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
-        )
+        return f" in {'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
     if low is not None and high is not None:  # a lower bound, and a limit of the types
         return (
             f" {'>' if low_open else '>='} {_fmt(low)} and {'<' if high_open else '<='} "
@@ -94,9 +92,11 @@ def check_value(
     kind = "an integer" if integer else "a finite number"
     want = f"must be {kind}{_range(low, high, low_open, high_open)}"
     if array:
-        want = f"must be {'integers' if integer else 'finite numbers'}" + _range(
-            low, high, low_open, high_open
-        ) + " (a scalar or one per trajectory)"
+        want = (
+            f"must be {'integers' if integer else 'finite numbers'}"
+            + _range(low, high, low_open, high_open)
+            + " (a scalar or one per trajectory)"
+        )
     bad_type = isinstance(value, (str, bytes, bool, np.bool_)) or value is None
     if not bad_type and not isinstance(value, numbers.Real):
         try:

@@ -53,8 +53,10 @@ def files(tmp_path_factory):
     good = d / "trace.csv"
     rng = np.random.default_rng(0)
     t = np.cumsum(rng.exponential(0.5, 200))
-    rows = [f"{a:.3f},{s},{o}" for a, s, o in zip(t, rng.integers(10, 900, 200),
-                                                  rng.integers(10, 900, 200), strict=True)]
+    rows = [
+        f"{a:.3f},{s},{o}"
+        for a, s, o in zip(t, rng.integers(10, 900, 200), rng.integers(10, 900, 200), strict=True)
+    ]
     good.write_text("arrival_s,prompt_tokens,output_tokens\n" + "\n".join(rows) + "\n")
     huge = d / "huge.csv"
     huge.write_text("arrival_s,prompt_tokens,output_tokens\n0.1,100,100\n0.2," + "1" + "0" * 30
@@ -114,8 +116,11 @@ def _cli_cases():
         ("boundary", ["--plot", "{dir}/x.xyz"], "--plot"),
         ("boundary", ["--plot", "{dir}/noext"], "--plot"),
         ("boundary", ["--steps", "200"], "--steps"),  # too short for the workload
-        ("simulate", ["--linear-coefs", "nan,0,0,0", "--batch-time-model", "linear"],
-         "--linear-coefs"),  # fmt: skip
+        (
+            "simulate",
+            ["--linear-coefs", "nan,0,0,0", "--batch-time-model", "linear"],
+            "--linear-coefs",
+        ),  # fmt: skip
         ("simulate", ["--linear-coefs", "1,2"], "--linear-coefs"),
         ("simulate", ["--linear-coefs", "0,1,1,1"], "--linear-coefs"),
         ("simulate", ["--trajectories", "100000000"], "--trajectories"),
@@ -186,12 +191,16 @@ def _sim(**kw):
 BAD_INTS = ["5", None, True, 1.5, float("nan"), float("inf"), -1, 2**63, 10**30, [1, 2]]
 API_CASES = [
     *[(f"simulate num_steps={v!r}", _sim(num_steps=v), "num_steps") for v in BAD_INTS],
-    *[(f"simulate num_trajectories={v!r}", _sim(num_trajectories=v), "num_trajectories")
-      for v in BAD_INTS],  # fmt: skip
+    *[
+        (f"simulate num_trajectories={v!r}", _sim(num_trajectories=v), "num_trajectories")
+        for v in BAD_INTS
+    ],  # fmt: skip
     *[(f"simulate seed={v!r}", _sim(seed=v), "seed") for v in BAD_INTS],
     *[(f"simulate max_attempts={v!r}", _sim(max_attempts=v), "max_attempts") for v in BAD_INTS],
-    *[(f"simulate warmup_frac={v!r}", _sim(warmup_frac=v), "warmup_frac")
-      for v in ["0.1", None, float("nan"), -0.1, 1.0, 1e300]],  # fmt: skip
+    *[
+        (f"simulate warmup_frac={v!r}", _sim(warmup_frac=v), "warmup_frac")
+        for v in ["0.1", None, float("nan"), -0.1, 1.0, 1e300]
+    ],  # fmt: skip
     ("simulate workload", _sim(workload=LAW), "workload"),
     ("simulate system", _sim(system=131000), "system"),
     ("simulate policy", _sim(policy="fcfs"), "policy"),
@@ -201,59 +210,129 @@ API_CASES = [
     ("simulate sizes key", _sim(sizes={"max_runing": 64}), "sizes"),
     ("simulate sizes list", _sim(sizes=[64]), "sizes"),
     ("simulate sizes value", _sim(sizes={"max_running": 2**40}), "max_running"),
-    ("simulate M", lambda: _sim(system=System(kv_capacity_tokens=3_000_000_000))(), "kv_capacity_tokens"),
-    ("simulate M array", lambda: _sim(system=System(kv_capacity_tokens=[20000, 2**31]))(),
-     "kv_capacity_tokens"),  # fmt: skip
-    ("simulate M str", lambda: _sim(system=System(kv_capacity_tokens="20000"))(), "kv_capacity_tokens"),
+    (
+        "simulate M",
+        lambda: _sim(system=System(kv_capacity_tokens=3_000_000_000))(),
+        "kv_capacity_tokens",
+    ),
+    (
+        "simulate M array",
+        lambda: _sim(system=System(kv_capacity_tokens=[20000, 2**31]))(),
+        "kv_capacity_tokens",
+    ),  # fmt: skip
+    (
+        "simulate M str",
+        lambda: _sim(system=System(kv_capacity_tokens="20000"))(),
+        "kv_capacity_tokens",
+    ),
     ("simulate chunk", lambda: _sim(system=System(chunk_tokens=3_000_000_000))(), "chunk_tokens"),
-    ("simulate b tiny", lambda: _sim(system=System(batch_time=ConstantBatchTime(1e-320)))(),
-     "batch_time_s"),  # fmt: skip
+    (
+        "simulate b tiny",
+        lambda: _sim(system=System(batch_time=ConstantBatchTime(1e-320)))(),
+        "batch_time_s",
+    ),  # fmt: skip
     ("simulate rate", lambda: _sim(workload=Workload(LAW, Poisson(1e300)))(), "arrival_rate_per_s"),
-    ("simulate initial queue", lambda: _sim(workload=Workload(LAW, Poisson(1.0), initial_queue=2**40))(),
-     "initial_queue"),  # fmt: skip
+    (
+        "simulate initial queue",
+        lambda: _sim(workload=Workload(LAW, Poisson(1.0), initial_queue=2**40))(),
+        "initial_queue",
+    ),  # fmt: skip
     ("simulate memory: trajectories", _sim(num_trajectories=10**8), "num_trajectories"),
-    ("simulate memory: initial queue",
-     lambda: _sim(workload=Workload(LAW, Poisson(1.0), initial_queue=10**9))(), "initial_queue"),
+    (
+        "simulate memory: initial queue",
+        lambda: _sim(workload=Workload(LAW, Poisson(1.0), initial_queue=10**9))(),
+        "initial_queue",
+    ),
     ("simulate spf window", lambda: _sim(policy=Policy(order=SPF(3_000_000_000)))(), "spf_window"),
-    ("simulate replicas", lambda: _sim(cluster=Cluster(num_replicas=3_000_000_000))(), "num_replicas"),
+    (
+        "simulate replicas",
+        lambda: _sim(cluster=Cluster(num_replicas=3_000_000_000))(),
+        "num_replicas",
+    ),
     ("simulate records", lambda: _sim(outputs=Outputs(num_records=2**40))(), "num_records"),
     ("simulate M < s+o", lambda: _sim(system=System(kv_capacity_tokens=150))(), "workload"),
     ("Empirical 1e30", lambda: Empirical([5, 10**30]), "values"),
     ("Uniform huge", lambda: Uniform(1, 2**40), "high"),
-    ("capacity M", lambda: analytic.capacity(LAW, kv_capacity_tokens=2**40, chunk_tokens=256,
-                                             batch_time_s=0.03), "kv_capacity_tokens"),
-    ("capacity b", lambda: analytic.capacity(LAW, kv_capacity_tokens=20000, chunk_tokens=256,
-                                             batch_time_s=1e-320), "batch_time_s"),
-    ("capacity b str", lambda: analytic.capacity(LAW, kv_capacity_tokens=20000,
-                                                 chunk_tokens=256, batch_time_s="0.03"),
-     "batch_time_s"),  # fmt: skip
-    ("capacity chunk", lambda: analytic.capacity(LAW, kv_capacity_tokens=20000,
-                                                 chunk_tokens=float("nan"), batch_time_s=0.03),
-     "chunk_tokens"),  # fmt: skip
-    ("boundary steps", lambda: stability.estimate_boundary(LAW, System(20000), num_steps="x"),
-     "num_steps"),  # fmt: skip
-    ("boundary seed", lambda: stability.estimate_boundary(LAW, System(20000), seed=2**63),
-     "seed"),  # fmt: skip
-    ("boundary precision", lambda: stability.estimate_boundary(LAW, precision="huge"),
-     "precision"),  # fmt: skip
-    ("saturated seed", lambda: stability.saturated_throughput(LAW, System(20000), seed=-1),
-     "seed"),  # fmt: skip
-    ("drift rate", lambda: stability.drift_test(LAW, float("nan"), System(20000)),
-     "rate"),  # fmt: skip
+    (
+        "capacity M",
+        lambda: analytic.capacity(
+            LAW, kv_capacity_tokens=2**40, chunk_tokens=256, batch_time_s=0.03
+        ),
+        "kv_capacity_tokens",
+    ),
+    (
+        "capacity b",
+        lambda: analytic.capacity(
+            LAW, kv_capacity_tokens=20000, chunk_tokens=256, batch_time_s=1e-320
+        ),
+        "batch_time_s",
+    ),
+    (
+        "capacity b str",
+        lambda: analytic.capacity(
+            LAW, kv_capacity_tokens=20000, chunk_tokens=256, batch_time_s="0.03"
+        ),
+        "batch_time_s",
+    ),  # fmt: skip
+    (
+        "capacity chunk",
+        lambda: analytic.capacity(
+            LAW, kv_capacity_tokens=20000, chunk_tokens=float("nan"), batch_time_s=0.03
+        ),
+        "chunk_tokens",
+    ),  # fmt: skip
+    (
+        "boundary steps",
+        lambda: stability.estimate_boundary(LAW, System(20000), num_steps="x"),
+        "num_steps",
+    ),  # fmt: skip
+    (
+        "boundary seed",
+        lambda: stability.estimate_boundary(LAW, System(20000), seed=2**63),
+        "seed",
+    ),  # fmt: skip
+    (
+        "boundary precision",
+        lambda: stability.estimate_boundary(LAW, precision="huge"),
+        "precision",
+    ),  # fmt: skip
+    (
+        "saturated seed",
+        lambda: stability.saturated_throughput(LAW, System(20000), seed=-1),
+        "seed",
+    ),  # fmt: skip
+    (
+        "drift rate",
+        lambda: stability.drift_test(LAW, float("nan"), System(20000)),
+        "rate",
+    ),  # fmt: skip
     ("read_trace not a path", lambda: traces.read_trace(123), "trace"),
-    ("Trace text times", lambda: traces.Trace(arrival_s="abc", prompt=[1], output=[1]),
-     "arrival_s"),  # fmt: skip
-    ("Trace 1e30 tokens", lambda: traces.Trace(arrival_s=[0.0, 1.0], prompt=[1, 10**30],
-                                               output=[1, 1]), "prompt"),  # fmt: skip
+    (
+        "Trace text times",
+        lambda: traces.Trace(arrival_s="abc", prompt=[1], output=[1]),
+        "arrival_s",
+    ),  # fmt: skip
+    (
+        "Trace 1e30 tokens",
+        lambda: traces.Trace(arrival_s=[0.0, 1.0], prompt=[1, 10**30], output=[1, 1]),
+        "prompt",
+    ),  # fmt: skip
     ("Empirical text", lambda: Empirical(["a"]), "values"),
     ("parse_law empty item", lambda: parse_law("empirical:5,,6", "prompt"), "prompt"),
     ("fit_arrivals text", lambda: fit_arrivals("abc"), "gaps"),
     ("mu_for huge M", lambda: analytic.mu_for(LAW, 2**40, 0.03, 256), "kv_capacity_tokens"),
-    ("capacity rate str", lambda: analytic.capacity(LAW, kv_capacity_tokens=20000,
-                                                    chunk_tokens=256, batch_time_s=0.03,
-                                                    rate_per_s="x"), "rate_per_s"),
-    ("check_output_file figure", lambda: validate.check_output_file("plot", "x.xyz",
-                                                                   figure=True), "plot"),
+    (
+        "capacity rate str",
+        lambda: analytic.capacity(
+            LAW, kv_capacity_tokens=20000, chunk_tokens=256, batch_time_s=0.03, rate_per_s="x"
+        ),
+        "rate_per_s",
+    ),
+    (
+        "check_output_file figure",
+        lambda: validate.check_output_file("plot", "x.xyz", figure=True),
+        "plot",
+    ),
 ]
 
 

@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 import sys
 from collections.abc import Callable, Mapping
 
-from kvstab import paper, traces
-from kvstab import validate
+from kvstab import paper, traces, validate
 from kvstab.errors import InputError
 from kvstab.laws import Independent, parse_law
 
@@ -320,9 +318,7 @@ def _flags_of(parser: argparse.ArgumentParser, argv) -> dict[str, str]:
     return out
 
 
-def validate_args(
-    args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None
-) -> None:
+def validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) -> None:
     """Check every flag of a parsed command line before the command does any work.
 
     Raises :class:`InputError` whose field is the flag as typed (``--kv-tokens``): numbers
