@@ -455,3 +455,28 @@ def test_simulate_says_when_steps_are_rounded_and_warns_on_a_short_run(capsys, t
     need = int(re.search(r"--steps >= (\d+)", short[0]).group(1))
     expected = stability.min_steps(Independent(Uniform(10, 400), Uniform(10, 400)), 256, 0.25)
     assert T < need and abs(need - expected) <= 0.01 * expected  # float32 vs float64 sums
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_run_promptly_with_status_130(tmp_path):
+    """Ctrl-C during a run: exit 130 within seconds (it used to end in SIGSEGV at exit)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "kvstab", "simulate", *SMALL, "--rate", "1", "--steps",
+         "2000000", "--trajectories", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    line = p.stderr.readline()  # the first progress line: the run has started
+    assert "kvstab simulate" in line, line
+    p.send_signal(signal.SIGINT)
+    t0 = time.perf_counter()
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert time.perf_counter() - t0 < 30
+    assert "interrupted" in err and "Traceback" not in err
