@@ -136,6 +136,8 @@ def _cli_cases():
         ("reproduce", ["--only", "a,,b"], "--only"),
         ("reproduce", ["--results", "{file}"], "--results"),
         ("reproduce", ["--out", "{file}"], "--out"),
+        ("reproduce", ["--repo", "{dir}/no_such_checkout"], "--repo"),
+        ("reproduce", ["--only", "no_such_experiment"], "--only"),
     ]
     return cases
 
