@@ -35,6 +35,7 @@ from kvstab.request import (  # noqa: F401
     g_paper,
     prefill_area,
 )
+from kvstab.validate import MAX_TOKENS, check_system, check_value
 
 
 def mean_g(workload: JointLaw, chunk_tokens: int, form: str = "exact"):
@@ -69,6 +70,8 @@ def mu_for(
     form: str = "exact",
 ):
     """μ for a workload; differentiable in M, b̄ and the law's continuous parameters."""
+    check_value("kv_capacity_tokens", kv_capacity_tokens, low=0, low_open=True,
+                high=MAX_TOKENS, array=True)  # fmt: skip
     return critical_rate(kv_capacity_tokens, batch_time_s, mean_g(workload, chunk_tokens, form))
 
 
@@ -90,6 +93,12 @@ def gpus_needed(rate_per_s: float, mu_per_replica: float, utilization: float = 0
         return 0
     # Guard the ceiling against float noise: 3.0000000000000004 must not become 4.
     ratio = rate_per_s / (utilization * mu_per_replica)
+    if not math.isfinite(ratio) or ratio > 1e15:
+        raise InputError(
+            "utilization",
+            f"lambda/(rho*mu) = {rate_per_s:g}/({utilization:g}*{mu_per_replica:g}) is too large "
+            "to count replicas; give a larger --utilization or a smaller --rate",
+        )
     return int(math.ceil(ratio - 1e-9 * max(1.0, ratio)))
 
 
@@ -131,9 +140,8 @@ class CapacityReport:
 
 
 def validate_system(kv_capacity_tokens, chunk_tokens, batch_time_s) -> None:
-    check_number("kv_capacity_tokens", kv_capacity_tokens, low=1, integer=True)
-    check_number("chunk_tokens", chunk_tokens, low=1, integer=True)
-    check_number("batch_time_s", batch_time_s, low=0, low_open=True)
+    """M, ŝ in [1, 2**30] tokens, b̄ in [1e-9, 1e6] s (:func:`kvstab.validate.check_system`)."""
+    check_system(kv_capacity_tokens, chunk_tokens, batch_time_s)
 
 
 def capacity(

@@ -19,13 +19,9 @@ class InputError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-def _is_concrete_number(value: Any) -> bool:
-    # Tracers (inside jit/grad) cannot be checked by value; they are checked when concrete.
-    try:
-        float(value)
-    except Exception:
-        return False
-    return True
+def _is_tracer(value: Any) -> bool:
+    """A JAX tracer (inside jit/grad): its value is unknown until run; checked when concrete."""
+    return any(c.__name__ == "Tracer" for c in type(value).__mro__)
 
 
 def check_number(
@@ -38,10 +34,23 @@ def check_number(
     high_open: bool = False,
     integer: bool = False,
 ) -> None:
-    """Raise :class:`InputError` unless ``value`` is a finite number in the stated range."""
-    if not _is_concrete_number(value):
+    """Raise :class:`InputError` unless ``value`` is a finite number in the stated range (not
+    a string, a boolean or None; tracers pass, to be checked when concrete)."""
+    if _is_tracer(value):
         return
-    x = float(value)
+    kind = "an integer" if integer else "a finite number"
+    if isinstance(value, (str, bytes, bool)) or value is None:
+        raise InputError(
+            field, f"must be {kind}{_range(low, high, low_open, high_open)}, got {value!r}"
+        )
+    try:
+        x = float(value)
+    except OverflowError:  # a Python int beyond float range
+        x = math.inf
+    except (TypeError, ValueError):
+        raise InputError(
+            field, f"must be {kind}{_range(low, high, low_open, high_open)}, got {value!r}"
+        ) from None
     if math.isnan(x) or math.isinf(x):
         raise InputError(
             field, f"must be a finite number{_range(low, high, low_open, high_open)}, got {value}"

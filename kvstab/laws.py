@@ -40,6 +40,7 @@ from jax.scipy.special import ndtr
 
 from kvstab.errors import InputError, check_number
 from kvstab.request import g, prefill_area
+from kvstab.validate import MAX_TOKENS
 
 # Unbounded laws are summed exactly over 1..N with N the (1 - TAIL_MASS) quantile; the
 # ignored tail must carry less than TAIL_MOMENT_REL of the second moment, else a cap is
@@ -112,7 +113,7 @@ class LengthLaw:
 
 
 def _check_len(field: str, v: Any, name: str) -> int:
-    check_number(f"{field}.{name}" if field else name, v, low=1, integer=True)
+    check_number(f"{field}.{name}" if field else name, v, low=1, high=MAX_TOKENS, integer=True)
     return int(v)
 
 
@@ -323,10 +324,17 @@ class Empirical(LengthLaw):
         v = np.asarray(self.values)
         if v.ndim != 1 or v.size == 0:
             raise InputError("values", "must be a non-empty 1-D list of lengths")
-        if not np.all(np.isfinite(v)) or np.any(v < 1) or np.any(v != np.round(v)):
-            bad = int(np.flatnonzero(~np.isfinite(v) | (v < 1) | (v != np.round(v)))[0])
+        if v.dtype.kind not in "iuf":  # Python ints beyond int64 (a 10**30-token row), text
+            try:
+                v = v.astype(np.float64)
+            except (TypeError, ValueError, OverflowError):
+                raise InputError("values", "lengths must be numbers") from None
+        bad = ~np.isfinite(v) | (v < 1) | (v > MAX_TOKENS) | (v != np.round(v))
+        if np.any(bad):
+            i = int(np.flatnonzero(bad)[0])
             raise InputError(
-                "values", f"lengths must be integers >= 1, got {v[bad]} at index {bad}"
+                "values",
+                f"lengths must be integers >= 1 and <= {MAX_TOKENS}, got {v[i]} at index {i}",
             )
         uniq, inv = np.unique(v.astype(np.int64), return_inverse=True)
         w = np.ones(v.size) if self.weights is None else np.asarray(self.weights, float)
@@ -556,8 +564,11 @@ def parse_law(text: str, field: str = "law") -> LengthLaw:
             cap = num(2, "CAP", True) if len(parts) == 3 else None
             return LogNormal(num(0, "MEDIAN", False), num(1, "SIGMA", False), cap)
         if kind == "empirical" and len(parts) == 1:
+            items = parts[0].split(",")
+            if not all(x.strip() for x in items):
+                raise InputError(field, f"empty value in {text!r}; give V1,V2,...")
             try:
-                vals = [float(x) for x in parts[0].split(",") if x.strip()]
+                vals = [float(x) for x in items]
             except ValueError:
                 raise InputError(field, f"cannot parse the values in {text!r}") from None
             return Empirical(vals)

@@ -109,6 +109,14 @@ from kvstab.sim.components import (
     Workload,
 )
 from kvstab.sim.sizing import request_buffer_size
+from kvstab.validate import (
+    INT32_MAX,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_TOKENS,
+    check_sizes,
+    check_value,
+)
 
 ALPHA = 0.025  # one-sided level of each drift test (a 95 % two-sided interval)
 REL_THRESHOLD = 0.01  # practical growth threshold, fraction of λ
@@ -224,6 +232,17 @@ def warmup_steps(law, chunk_tokens: int, num_steps: int, warmup_frac: float = WA
         + (f" (capped at {MAX_WARMUP_FRAC:.0%} of the run)" if frac < steps / num_steps else "")
     )
     return int(math.ceil(frac * num_steps)), frac, text
+
+
+def min_steps(law, chunk_tokens: int, warmup_frac: float = WARMUP_FRAC) -> int:
+    """The shortest run whose drift and throughput estimates mean something: a warm-up of
+    WARMUP_LIFETIMES size-biased lifetimes that is not capped (at MAX_WARMUP_FRAC of the
+    run), then at least MIN_WINDOW_LIFETIMES mean lifetimes of measurement."""
+    life = mean_lifetime_steps(law, chunk_tokens)
+    _, lsb = lifetime_moments(law, chunk_tokens)
+    warm = WARMUP_LIFETIMES * lsb
+    window = MIN_WINDOW_LIFETIMES * life
+    return int(math.ceil(max(warm / MAX_WARMUP_FRAC, warm + window, window / (1 - warmup_frac))))
 
 
 def system_values(law, system: System) -> tuple[int, int, float]:
@@ -1024,24 +1043,25 @@ def estimate_boundary(
     """
     t0 = time.perf_counter()
     c0 = time.process_time()
-    M, chunk, b = system_values(law, system)
     _check_policy(policy)
     if precision not in PRECISIONS:
         raise InputError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    check_number("seed", seed, low=0, integer=True)
+    check_value("seed", seed, low=0, high=MAX_SEED, integer=True)
     check_number("alpha", alpha, low=0, high=0.5, low_open=True, high_open=True)
     check_number("warmup_frac", warmup_frac, low=0, high=0.5, high_open=True)
     p = dict(PRECISIONS[precision])
-    for name, v in (
-        ("replications", replications),
-        ("num_steps", num_steps),
-        ("grid_points", grid_points),
+    for name, v, low, high in (
+        ("replications", replications, 2, INT32_MAX),
+        ("num_steps", num_steps, 100, MAX_STEPS),
+        ("grid_points", grid_points, 2, 1000),
     ):
         if v is not None:
-            check_number(name, v, low=2 if name != "num_steps" else 100, integer=True)
+            check_value(name, v, low=low, high=high, integer=True)
             p[name] = int(v)
     if initial_queue is not None:
-        check_number("initial_queue", initial_queue, low=1, integer=True)
+        check_value("initial_queue", initial_queue, low=1, high=MAX_TOKENS, integer=True)
+    check_sizes(sizes)
+    M, chunk, b = system_values(law, system)  # after the cheap checks: it sums over the law
     K, R, T = p["grid_points"], p["replications"], p["num_steps"]
     N = K * R
     th = theory(law, system)
@@ -1216,6 +1236,19 @@ def estimate_boundary(
     if math.isfinite(lam) and math.isfinite(sat.ci_low):
         if not (fit_l["ci"][0] <= sat.ci_high and sat.ci_low <= fit_l["ci"][1]):
             notes.append(f"lambda* ({lam:.4g}) and mu_sim ({mu_sim:.4g}) disagree beyond their CIs")
+    t_min = min_steps(law, chunk, warmup_frac)
+    if T < t_min:
+        flags.add("run_too_short")
+        notes.append(
+            f"{T} steps is too short for this workload: the warm-up and the measurement "
+            f"window need at least {t_min} steps (num_steps >= {t_min}); lambda* is unreliable"
+        )
+    if not (math.isfinite(lam) and lam > 0):
+        flags.add("lambda_star_not_positive")
+        notes.append(
+            f"lambda* = {lam:.4g} req/s is not a positive rate: the drift fit failed "
+            f"(lengthen the run to at least {t_min} steps, or widen the grid)"
+        )
     if not sat.warmup_check["ok"]:
         notes.append(
             "mu_sim changed beyond its CI (paired test) when the warm-up was doubled "

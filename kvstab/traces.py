@@ -45,6 +45,7 @@ import numpy as np
 from kvstab.errors import InputError, check_number
 from kvstab.laws import JointEmpirical
 from kvstab.paper import CHUNK_TOKENS
+from kvstab.validate import MAX_TOKENS
 
 FORMATS = ("auto", "azure", "mooncake", "csv")
 CANONICAL = ("arrival_s", "prompt_tokens", "output_tokens")
@@ -95,7 +96,10 @@ class Trace:
     start_offset_s: float = 0.0
 
     def __post_init__(self):
-        t = np.asarray(self.arrival_s, dtype=np.float64)
+        try:
+            t = np.asarray(self.arrival_s, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError("arrival_s", "must be numbers (seconds)") from None
         s = np.asarray(self.prompt)
         o = np.asarray(self.output)
         if t.ndim != 1 or t.size == 0 or s.shape != t.shape or o.shape != t.shape:
@@ -116,11 +120,18 @@ class Trace:
                 f"before index {i - 1} ({t[i - 1]} s)",
             )
         for name, v in (("prompt", s), ("output", o)):
-            bad = ~np.isfinite(v) | (v < 1) | (v != np.round(v))
+            if v.dtype.kind not in "iuf":
+                try:
+                    v = v.astype(np.float64)
+                except (TypeError, ValueError):
+                    raise InputError(name, "token counts must be numbers") from None
+            bad = ~np.isfinite(v) | (v < 1) | (v > MAX_TOKENS) | (v != np.round(v))
             if np.any(bad):
                 i = int(np.flatnonzero(bad)[0])
                 raise InputError(
-                    name, f"token counts must be integers >= 1, got {v[i]} at index {i}"
+                    name,
+                    f"token counts must be integers >= 1 and <= {MAX_TOKENS}, got {v[i]} "
+                    f"at index {i}",
                 )
         object.__setattr__(self, "arrival_s", t - t[0])
         object.__setattr__(self, "prompt", s.astype(np.int64))
@@ -379,6 +390,8 @@ class _Rows:
             self.fail(row, line, f"{name} must be >= 0 tokens, got {value!r}")
         if x != math.floor(x):
             self.fail(row, line, f"{name} must be an integer number of tokens, got {value!r}")
+        if x > MAX_TOKENS:
+            self.fail(row, line, f"{name} must be <= {MAX_TOKENS} tokens, got {value!r}")
         return int(x) if iv is None else iv
 
     def add(self, row: int, line: int, sec: int, frac: float, s: int, o: int) -> None:
@@ -498,8 +511,8 @@ def _read_csv(path: str, f, mapping: Mapping[str, str], unit_s: float, rows: _Ro
         raise InputError(
             "trace",
             f"{path}: missing column(s) {names}; the header has {', '.join(header)}. Other "
-            "column names: pass columns={'arrival_s': ..., 'prompt_tokens': ..., "
-            "'output_tokens': ...}",
+            "column names: pass columns (command line: --columns arrival_s=NAME,"
+            "prompt_tokens=NAME,output_tokens=NAME)",
         )
     idx = {c: header.index(mapping[c]) for c in CANONICAL}
     row = 0
@@ -602,6 +615,8 @@ def read_trace(
         InputError: (field ``"trace"``) naming the file and ``row N (line L)`` for a malformed
             row; also for a missing file, an empty file and missing columns.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError("trace", f"must be a file name, got {path!r}")
     path = os.fspath(path)
     if fmt not in FORMATS:
         raise InputError("trace_format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")

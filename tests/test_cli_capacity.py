@@ -60,7 +60,7 @@ def test_rate_gives_verdict_and_gpus(capsys):
         (["--kv-tokens", "0"], "--kv-tokens", ">= 1"),
         (["--kv-tokens", "-5"], "--kv-tokens", ">= 1"),
         (["--chunk", "0"], "--chunk", ">= 1"),
-        (["--batch-time", "0"], "--batch-time", "> 0"),
+        (["--batch-time", "0"], "--batch-time", ">= 1e-09"),
         (["--batch-time", "nan"], "--batch-time", "finite"),
         (["--rate", "-1"], "--rate", ">= 0"),
         (["--rate", "nan"], "--rate", "finite"),

@@ -9,13 +9,17 @@ traceback.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from kvstab import __version__
 from kvstab.cli import boundary, capacity, fit, reproduce, simulate
+from kvstab.cli.common import validate_args
 from kvstab.errors import InputError
 
 COMMANDS = (capacity, simulate, boundary, fit, reproduce)
@@ -93,14 +97,56 @@ def use_all_cpu_cores() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
+def stop_on_second_interrupt() -> None:
+    """Ctrl-C at any stage: the first raises KeyboardInterrupt in the main thread as usual
+    (finished results are kept); a second one exits at once with status 130, even while the
+    main thread is inside compiled code that Python cannot interrupt (an XLA compilation, a
+    long simulator segment).
+
+    SIGINT is blocked in the main thread (and the threads it starts later) and taken by a
+    watcher thread with ``sigwait``. Only for a real command line (``main()`` without argv),
+    never when ``main(argv)`` is called in-process.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if not hasattr(signal, "pthread_sigmask") or signal.getsignal(signal.SIGINT) in (
+        signal.SIG_IGN,
+        None,
+    ):
+        return
+
+    def watch():
+        count = 0
+        while True:
+            signal.sigwait({signal.SIGINT})
+            count += 1
+            if count == 1:
+                _thread.interrupt_main()
+            else:
+                os.write(2, b"kvstab: interrupted twice; stopping now\n")
+                os._exit(130)
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    threading.Thread(target=watch, name="kvstab-interrupt", daemon=True).start()
+
+
+_PARSER: list = []  # built once per process: main() is also called in-process (tests)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     use_all_cpu_cores()
-    parser = build_parser()
+    if argv is None:
+        stop_on_second_interrupt()
+    if not _PARSER:
+        _PARSER.append(build_parser())
+    parser = _PARSER[0]
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
     try:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        validate_args(args, sub.choices[args.command], argv)  # every flag, before any work
         return int(args.func(args) or 0)
     except InputError as e:
         flag = FLAG_FOR.get(e.field, e.field)
@@ -111,6 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         print(f"kvstab {args.command}: interrupted; finished results are kept", file=sys.stderr)
+        if argv is None:  # a real command line: exit now. Finalizing the interpreter while
+            # XLA threads still run crashed (SIGSEGV) after Ctrl-C.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from kvstab import analytic
 from kvstab.cli.common import (
@@ -119,6 +120,14 @@ def run(args: argparse.Namespace) -> int:
     check_writable("out", args.out)
     joint = workload_from_args(args)
     check_fits_memory(joint, args.kv_tokens)
+    if args.steps is not None:  # a run too short to estimate anything: refuse, say how long
+        t_min = stability.min_steps(joint, args.chunk)
+        if args.steps < t_min:
+            raise InputError(
+                "num_steps",
+                f"{args.steps} steps is too short for this workload: the warm-up and the "
+                f"measurement window need at least {t_min} steps (give --steps >= {t_min})",
+            )
 
     progress = Progress("kvstab boundary", quiet=args.quiet)
     progress.update(0, 1, "compiling the simulator")
@@ -142,14 +151,23 @@ def run(args: argparse.Namespace) -> int:
         with open(args.out, "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
-    if args.plot:
-        plot_boundary(result, args.plot)
     if args.json:
         print(json.dumps(data, indent=2))
-        return 0
-    print(result.summary_text())
-    if args.out:
-        print(f"  results    {args.out}")
-    if args.plot:
-        print(f"  plot       {args.plot}")
+    else:
+        print(result.summary_text())
+        if args.out:
+            print(f"  results    {args.out}")
+    if args.plot:  # last: the results above are kept if drawing fails
+        try:
+            plot_boundary(result, args.plot)
+        except Exception as e:  # noqa: BLE001 - any drawing failure; the results stand
+            kept = f"; results kept in {args.out}" if args.out else "; results printed above"
+            print(
+                f"kvstab boundary: error: --plot: could not draw {args.plot} "
+                f"({type(e).__name__}: {e}){kept}",
+                file=sys.stderr,
+            )
+            return 1
+        if not args.json:
+            print(f"  plot       {args.plot}")
     return 0

@@ -6,7 +6,10 @@
   progress (:func:`add_output_args`);
 * turning flags into objects and checking them: :func:`workload_from_args`,
   :func:`check_fits_memory`, :func:`parse_coefs`, :func:`check_writable`;
-* :func:`flag_names`: a command's own API-field -> flag names for its one-line errors.
+* :func:`flag_names`: a command's own API-field -> flag names for its one-line errors;
+* :func:`validate_args`: every flag of every command checked (type, finiteness, the ranges of
+  :mod:`kvstab.validate`, writable outputs) before the command runs; :data:`FLAG_RANGES` is the
+  table, keyed by argparse ``dest``, so a new command's flags are checked by reusing names.
 
 Bad input raises :class:`kvstab.errors.InputError`; :func:`kvstab.cli.main` turns it into one
 line naming the flag and exit status 2.
@@ -16,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
+import math
+import sys
 from collections.abc import Callable, Mapping
 
-from kvstab import paper, traces
+from kvstab import paper, traces, validate
 from kvstab.errors import InputError
 from kvstab.laws import Independent, parse_law
 from kvstab.sim.components import ADMISSIONS, ORDERS, OVERFLOWS, VICTIMS
@@ -60,22 +64,22 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     w = p.add_argument_group("workload")
     w.add_argument(
         "--prompt",
-        default=DEFAULTS["prompt"],
+        default=None,
         metavar="LAW",
-        help="prompt-length law (default %(default)s): const:V, uniform:A:B, "
+        help=f"prompt-length law (default {DEFAULTS['prompt']}): const:V, uniform:A:B, "
         "geometric:MEAN[:CAP], lognormal:MEDIAN:SIGMA[:CAP], empirical:V1,V2,...",
     )
     w.add_argument(
         "--output",
-        default=DEFAULTS["output"],
+        default=None,
         metavar="LAW",
-        help="output-length law (default %(default)s), same forms as --prompt",
+        help=f"output-length law (default {DEFAULTS['output']}), same forms as --prompt",
     )
     w.add_argument(
         "--trace",
         metavar="FILE",
         default=None,
-        help="use the joint (s, o) law of a request trace instead of --prompt/--output",
+        help="use the joint (s, o) law of a request trace (not with --prompt/--output)",
     )
     w.add_argument(
         "--trace-format",
@@ -162,7 +166,7 @@ def add_policy_args(p: argparse.ArgumentParser, with_order: bool = True) -> None
     )
     g.add_argument(
         "--spf-window",
-        type=int,
+        type=parse_int,
         default=32,
         metavar="W",
         help="spf/svf look at the first W waiting requests (default 32)",
@@ -204,9 +208,9 @@ def add_batch_time_args(p: argparse.ArgumentParser) -> None:
         default="lognormal",
         help="random model: b = b̄·ξ, ξ lognormal(0, σ) or a slow fraction",
     )
-    g.add_argument("--batch-time-sigma", type=float, default=0.25, metavar="SIGMA")
-    g.add_argument("--slow-fraction", type=float, default=0.3)
-    g.add_argument("--slow-factor", type=float, default=3.0)
+    g.add_argument("--batch-time-sigma", type=parse_float, default=0.25, metavar="SIGMA")
+    g.add_argument("--slow-fraction", type=parse_float, default=0.3)
+    g.add_argument("--slow-factor", type=parse_float, default=3.0)
 
 
 def add_output_args(
@@ -247,7 +251,9 @@ def workload_from_args(args: argparse.Namespace):
     if args.trace:
         trace = traces.read_trace(args.trace, fmt=args.trace_format)
         return trace.joint_law()
-    return Independent(parse_law(args.prompt, "prompt"), parse_law(args.output, "output"))
+    prompt = DEFAULTS["prompt"] if args.prompt is None else args.prompt
+    output = DEFAULTS["output"] if args.output is None else args.output
+    return Independent(parse_law(prompt, "prompt"), parse_law(output, "output"))
 
 
 def check_fits_memory(joint, kv_tokens: int) -> None:
@@ -270,28 +276,20 @@ def check_fits_memory(joint, kv_tokens: int) -> None:
 
 def parse_coefs(text: str) -> tuple[float, ...]:
     """``--linear-coefs C0,CP,CD,CKV`` as four floats."""
+    want = f"need four finite comma-separated numbers c0 > 0, cp, cd, ckv >= 0, got {text!r}"
     try:
         vals = tuple(float(x) for x in text.split(","))
     except ValueError:
-        raise InputError(
-            "linear_coefs", f"need four comma-separated numbers, got {text!r}"
-        ) from None
-    if len(vals) != 4:
-        raise InputError("linear_coefs", f"need four comma-separated numbers, got {text!r}")
+        raise InputError("linear_coefs", want) from None
+    if len(vals) != 4 or not all(math.isfinite(x) and x >= 0 for x in vals) or vals[0] <= 0:
+        raise InputError("linear_coefs", want)
     return vals
 
 
-def check_writable(field: str, path: str | None) -> None:
-    """``path`` (if given) can be written: its directory exists and it is not a directory."""
-    if path is None:
-        return
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise InputError(field, f"directory {parent} does not exist")
-    if os.path.isdir(path):
-        raise InputError(field, f"{path} is a directory; give a file name")
-    if not os.access(parent, os.W_OK):
-        raise InputError(field, f"cannot write to {parent}")
+def check_writable(field: str, path: str | None, *, figure: bool = False) -> None:
+    """``path`` (if given) can be written: its directory exists and it is not a directory;
+    with ``figure``, matplotlib can write its suffix."""
+    validate.check_output_file(field, path, figure=figure)
 
 
 def flag_names(flags: Mapping[str, str]) -> Callable:
@@ -314,3 +312,84 @@ def flag_names(flags: Mapping[str, str]) -> Callable:
         return wrapped
 
     return wrap
+
+
+# ---------------------------------------------------------------------------------------------
+# Every flag checked before a command runs
+
+_TOKENS = dict(integer=True, low=1, high=validate.MAX_TOKENS)
+# argparse dest -> check_value's range. A flag left at None (optional) is not checked;
+# commands keep their own stricter lower bounds (boundary's --steps >= 100).
+FLAG_RANGES: dict[str, dict] = {
+    "kv_tokens": _TOKENS,
+    "chunk": _TOKENS,
+    "batch_time": dict(low=validate.BATCH_TIME_RANGE_S[0], high=validate.BATCH_TIME_RANGE_S[1]),
+    "rate": dict(low=0, high=validate.MAX_RATE_PER_S),
+    "utilization": dict(low=0, high=1, low_open=True),
+    "steps": dict(integer=True, low=1, high=validate.MAX_STEPS),
+    "trajectories": dict(integer=True, low=1, high=validate.INT32_MAX),
+    "seed": dict(integer=True, low=0, high=validate.MAX_SEED),
+    "initial_queue": dict(integer=True, low=0, high=validate.MAX_TOKENS),
+    "replicas": dict(integer=True, low=1, high=validate.MAX_REPLICAS),
+    "records": dict(integer=True, low=0, high=validate.INT32_MAX),
+    "spf_window": dict(integer=True, low=1, high=validate.MAX_WINDOW),
+    "warmup": dict(low=0, high=1, high_open=True),
+    "batch_time_sigma": dict(low=0, high=10),
+    "slow_fraction": dict(low=0, high=1),
+    "slow_factor": dict(low=0, high=1e6, low_open=True),
+    "grid_points": dict(integer=True, low=2, high=1000),
+    "train_frac": dict(low=0, high=1, low_open=True, high_open=True),
+    "components": dict(integer=True, low=1, high=8),
+    "time_unit_s": dict(low=0, high=1e9, low_open=True),
+}
+# Output paths: dest -> what they must be (by the flag's metavar: FILE or DIR).
+OUTPUT_DESTS = ("out", "plot", "results")
+
+
+def _flags_of(parser: argparse.ArgumentParser, argv) -> dict[str, str]:
+    """dest -> the flag as the user typed it (else the flag's first long name)."""
+    typed = {a.split("=", 1)[0] for a in (argv if argv is not None else sys.argv[1:])}
+    out = {}
+    for action in parser._actions:
+        if not action.option_strings:
+            continue
+        as_typed = [o for o in action.option_strings if o in typed]
+        out[action.dest] = as_typed[0] if as_typed else max(action.option_strings, key=len)
+    return out
+
+
+def validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) -> None:
+    """Check every flag of a parsed command line before the command does any work.
+
+    Raises :class:`InputError` whose field is the flag as typed (``--kv-tokens``): numbers
+    by :data:`FLAG_RANGES` (type, finiteness, range), output files and directories
+    (writable, a figure suffix matplotlib supports), laws that parse, and flags that
+    contradict each other (``--trace`` with ``--prompt``/``--output``).
+    """
+    flags = _flags_of(parser, argv)
+    metavars = {a.dest: a.metavar for a in parser._actions}
+    for dest, flag in flags.items():
+        value = getattr(args, dest, None)
+        if dest in FLAG_RANGES:
+            validate.check_value(flag, value, optional=True, **FLAG_RANGES[dest])
+        elif dest in OUTPUT_DESTS and value is not None:
+            if metavars.get(dest) == "DIR":
+                validate.check_output_dir(flag, value)
+            else:
+                validate.check_output_file(flag, value, figure=dest == "plot")
+    if getattr(args, "trace", None) and "prompt" in flags:
+        given = [flags[d] for d in ("prompt", "output") if getattr(args, d, None) is not None]
+        if given:
+            raise InputError(
+                "--trace",
+                f"the trace gives the joint (s, o) law itself; drop {' and '.join(given)} "
+                "(it would be ignored)",
+            )
+    for dest in ("prompt", "output"):
+        if dest in flags and getattr(args, dest, None) is not None:
+            parse_law(args.prompt if dest == "prompt" else args.output, flags[dest])
+    if "linear_coefs" in flags and getattr(args, "linear_coefs", None) is not None:
+        try:
+            parse_coefs(args.linear_coefs)
+        except InputError as e:
+            raise InputError(flags["linear_coefs"], e.message) from None

@@ -158,19 +158,23 @@ def _parse_columns(text: str | None) -> dict[str, str] | None:
     return out
 
 
+def _parse_jitter(option: str) -> str | float | None:
+    """--jitter: 'auto', None (none) or a width in seconds > 0; checked before any fitting."""
+    if option in ("none", "auto"):
+        return None if option == "none" else "auto"
+    try:
+        width = float(option)
+    except ValueError:
+        raise InputError("bucket_s", f"expected auto, none or seconds, got {option!r}") from None
+    if not math.isfinite(width) or width <= 0:
+        raise InputError("bucket_s", f"must be auto, none or seconds > 0, got {option!r}")
+    return width
+
+
 def _jitter_width(trace, option: str) -> float | None:
-    if option == "none":
-        return None
-    if option != "auto":
-        try:
-            width = float(option)
-        except ValueError:
-            raise InputError(
-                "bucket_s", f"expected auto, none or seconds, got {option!r}"
-            ) from None
-        if not math.isfinite(width) or width <= 0:
-            raise InputError("bucket_s", f"must be auto, none or seconds > 0, got {option!r}")
-        return width
+    parsed = _parse_jitter(option)
+    if parsed != "auto":
+        return parsed
     bucket = detect_bucket_s(trace)
     if bucket is not None:
         return bucket
@@ -188,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
     check_number("frac", args.train_frac, low=0, high=1, low_open=True, high_open=True)
     check_number("steps", args.steps, low=1, integer=True)
     check_number("components", args.components, low=1, high=8, integer=True)
+    _parse_jitter(args.jitter)
     bar = Progress("kvstab fit", quiet=args.quiet)
     progress = None if args.quiet else bar.optimizer()
     say = bar.say
@@ -199,6 +204,14 @@ def run(args: argparse.Namespace) -> int:
         drop_zero=args.drop_zero,
         time_unit_s=args.time_unit_s,
     )
+    need = int((trace.prompt + trace.output).max())
+    if need > args.kv_tokens:
+        i = int((trace.prompt + trace.output).argmax())
+        raise InputError(
+            "kv_capacity_tokens",
+            f"must hold every request of the trace: request {i} needs s+o = {need:,} tokens > "
+            f"{args.kv_tokens:,}, so it could never be served (give --kv-tokens >= {need})",
+        )
     summary = trace.summary(args.chunk)
     say(f"kvstab fit: {len(trace)} requests from {trace.source} ({trace.format})")
 

@@ -76,11 +76,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _split(values: list[str] | None) -> list[str]:
     out: list[str] = []
     for v in values or []:
-        out.extend(x.strip() for x in v.split(",") if x.strip())
+        items = [x.strip() for x in v.split(",")]
+        if not all(items):  # '' or 'a,,b': an empty name would silently select everything
+            raise InputError("--only", f"empty name in {v!r}; give names (see --list)")
+        out.extend(items)
     return out
 
 
 def run(args: argparse.Namespace) -> int:
+    only = _split(args.only)
     root = Path(args.repo).resolve() if args.repo else rp.repo_root()
     if root is None or not (root / "experiments").is_dir():
         raise InputError(
@@ -102,7 +106,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {m.NAME:24s} reads {', '.join(m.INPUTS)}")
         return 0
 
-    only = _split(args.only)
     if only:
         unknown = [n for n in only if n not in exp_by_name and n not in fig_by_name]
         if unknown:

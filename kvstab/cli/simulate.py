@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from kvstab import analytic
 from kvstab.cli.common import (
@@ -16,6 +17,7 @@ from kvstab.cli.common import (
     parse_coefs,
     parse_float,
     policy_words,
+    parse_int,
     workload_from_args,
 )
 from kvstab.errors import InputError
@@ -77,6 +79,14 @@ def run(args: argparse.Namespace) -> int:
     )
     progress.close()
     summ = res.summary()
+    summ["num_steps_requested"] = args.steps
+    summ["warnings"] = _warnings(res, summ, joint, args)
+    if res.config["num_steps"] != args.steps and not args.quiet:
+        print(
+            f"kvstab simulate: note: --steps {args.steps:,} ran as {res.config['num_steps']:,} "
+            f"steps (whole blocks of {res.config['block_steps']} steps, in equal segments)",
+            file=sys.stderr,
+        )
     mu = analytic.mu_for(joint, args.kv_tokens * args.replicas, args.batch_time, args.chunk)
     summ["mu_theory"] = float(mu)
     if args.saturated:  # the backlog is a buffer, not a queue: its length means nothing
@@ -120,12 +130,35 @@ def run(args: argparse.Namespace) -> int:
     if "wait_s" in summ:
         w = summ["wait_s"]
         print(f"  waiting      median {w['p50']:.3g} s, p90 {w['p90']:.3g} s, p99 {w['p99']:.3g} s")
+    for w in summ["warnings"]:
+        print(f"  WARNING      {w}")
     if summ["flags"]:
         print(
             f"  FLAGS        {', '.join(summ['flags'])} (a cap was hit even after re-runs: "
             "treat the numbers with care)"
         )
     return 0
+
+
+def _warnings(res, summ: dict, joint, args) -> list[str]:
+    """Why the numbers may not mean what they say: a run shorter than the workload needs
+    (:func:`kvstab.stability.min_steps`), a throughput CI reaching below zero."""
+    from kvstab import stability
+
+    out = []
+    T = res.config["num_steps"]
+    t_min = stability.min_steps(joint, args.chunk, args.warmup)
+    if T < t_min:
+        out.append(
+            f"run too short: {T:,} steps, but the warm-up and the measurement window need at "
+            f"least {t_min:,} steps for this workload (give --steps >= {t_min})"
+        )
+    lo = summ["throughput_ci"][0]
+    if lo is not None and lo < 0:
+        out.append(
+            f"throughput CI reaches {lo:.3g} < 0: too few trajectories or steps to estimate it"
+        )
+    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -147,12 +180,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     load.add_argument(
         "--initial-queue",
-        type=int,
+        type=parse_int,
         default=0,
         metavar="N",
         help="requests already waiting at t = 0",
     )
-    load.add_argument("--replicas", type=int, default=1, metavar="G")
+    load.add_argument("--replicas", type=parse_int, default=1, metavar="G")
     load.add_argument(
         "--router",
         choices=("round_robin", "random", "jsq", "least_kv"),
@@ -164,19 +197,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_policy_args(p)
     add_batch_time_args(p)
     r = p.add_argument_group("run")
-    r.add_argument("--steps", type=int, default=20000, help="batch steps per trajectory")
-    r.add_argument("--trajectories", type=int, default=64)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--steps", type=parse_int, default=20000, help="batch steps per trajectory")
+    r.add_argument("--trajectories", type=parse_int, default=64)
+    r.add_argument("--seed", type=parse_int, default=0)
     r.add_argument(
         "--warmup",
-        type=float,
+        type=parse_float,
         default=0.25,
         metavar="FRAC",
         help="fraction of the run excluded as warm-up (default 0.25)",
     )
     r.add_argument(
         "--records",
-        type=int,
+        type=parse_int,
         default=0,
         metavar="N",
         help="keep per-request records of the first N requests (waits, TTFT)",

@@ -42,7 +42,10 @@ def _as_gaps(data: Trace | Any, field: str = "gaps") -> np.ndarray:
         gaps = data.interarrival_s
         origin = f"trace {data.source}"
     else:
-        gaps = np.asarray(data, dtype=np.float64).ravel()
+        try:
+            gaps = np.asarray(data, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            raise InputError(field, "must be a Trace or an array of gaps in seconds") from None
         origin = "gaps"
     if gaps.size < 2:
         raise InputError(field, f"need at least 2 inter-arrival gaps (3 requests), got {gaps.size}")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kvstab import SIM_SEMANTICS_VERSION, __version__, metrics
-from kvstab.errors import InputError, check_number
+from kvstab.errors import InputError
 from kvstab.metrics import warmup_blocks
 from kvstab.paper import BATCH_TIME_S
 from kvstab.sim.components import (
@@ -46,6 +46,7 @@ from kvstab.sim.state import (
     StaticConfig,
     StepOut,
 )
+from kvstab.validate import check_memory, check_simulate_args
 from kvstab.workload import replay_workload, sample_workload, split_stream
 
 
@@ -211,19 +212,11 @@ def simulate(
         ``max_attempts`` runs, the flags are returned in the result (never hidden).
     """
     wall0 = time.perf_counter()
-    for field, value, kind in (
-        ("workload", workload, Workload),
-        ("system", system, System),
-        ("policy", policy, Policy),
-        ("cluster", cluster, Cluster),
-        ("outputs", outputs, Outputs),
-    ):
-        if not isinstance(value, kind):
-            raise InputError(field, f"must be a {kind.__name__}, got {value!r}")
-    check_number("num_steps", num_steps, low=1, integer=True)
-    check_number("num_trajectories", num_trajectories, low=1, integer=True)
-    check_number("warmup_frac", warmup_frac, low=0, high=1, high_open=True)
-    check_number("seed", seed, low=0, integer=True)
+    check_simulate_args(
+        workload, system, policy, cluster, outputs, num_steps=num_steps,
+        num_trajectories=num_trajectories, seed=seed, warmup_frac=warmup_frac,
+        progress=progress, sizes=sizes, max_attempts=max_attempts,
+    )  # fmt: skip
     arrivals, bt, router = workload.arrivals, system.batch_time, cluster.router
     chunk = int(system.chunk_tokens)
     saturated = isinstance(arrivals, Saturated)
@@ -299,6 +292,13 @@ def simulate(
                 "replica_requests", min(sz["num_requests"], int(1.3 * sz["num_requests"] / g) + 64)
             )
         sz.setdefault("replica_requests", sz["num_requests"])
+    check_memory(  # before sampling or compiling: an estimate, with what to change
+        rows, sz, num_trajectories=n, num_blocks=nb, num_steps=T,
+        num_records=outputs.num_records, window=policy.order.window,
+        record_steps=outputs.record_steps or bool(outputs.num_records), dynamic=dynamic,
+        buffer_fields={"num_requests": "initial_queue"
+                       if 2 * workload.initial_queue > sz["num_requests"] else "num_steps"},
+    )  # fmt: skip
 
     params = SimParams(
         jnp.asarray(np.repeat(M_arr, g), jnp.int32),
