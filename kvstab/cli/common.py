@@ -137,7 +137,7 @@ def add_policy_args(p: argparse.ArgumentParser, with_order: bool = True) -> None
     )
     g.add_argument(
         "--max-tokens",
-        type=int,
+        type=parse_int,
         default=None,
         metavar="N",
         help="output cap of cap/conservative admission; N >= the longest output",
@@ -333,6 +333,8 @@ FLAG_RANGES: dict[str, dict] = {
     "replicas": dict(integer=True, low=1, high=validate.MAX_REPLICAS),
     "records": dict(integer=True, low=0, high=validate.INT32_MAX),
     "spf_window": dict(integer=True, low=1, high=validate.MAX_WINDOW),
+    "watermark": dict(low=0, high=1, high_open=True),
+    "max_tokens": dict(integer=True, low=1, high=validate.MAX_TOKENS),
     "warmup": dict(low=0, high=1, high_open=True),
     "batch_time_sigma": dict(low=0, high=10),
     "slow_fraction": dict(low=0, high=1),
