@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from kvstab import __version__
 from kvstab.cli import boundary, capacity, fit, reproduce, simulate
 from kvstab.errors import InputError
+from kvstab.runtime import use_all_cpu_cores  # noqa: F401  (re-exported: benchmarks use it)
 
 COMMANDS = (capacity, simulate, boundary, fit, reproduce)
 
@@ -76,22 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def use_all_cpu_cores() -> None:
-    """Expose one XLA CPU device per core, so the simulator shards trajectories over them.
-
-    Must run before JAX creates its CPU backend (the command line calls it first). Respects
-    an XLA_FLAGS that already sets the device count, and KVSTAB_CPU_DEVICES (e.g. 1).
-    """
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" in flags:
-        return
-    n = int(os.environ.get("KVSTAB_CPU_DEVICES", os.cpu_count() or 1))
-    if n > 1:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    use_all_cpu_cores()
+    # ``import kvstab`` has already exposed one CPU device per core (kvstab/runtime.py).
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -32,7 +32,7 @@ from kvstab.sim.components import (
     System,
     Workload,
 )
-from kvstab.sim.rollout import batch_rollout
+from kvstab.sim.rollout import batch_rollout, place_on_devices
 from kvstab.sim.sizing import allocate_sizes, calendar_fits, grow_sizes
 from kvstab.sim.state import (
     REC_ADMIT,
@@ -360,17 +360,27 @@ def simulate(
         )
         cfg.validate()
         xi_all = bt.factors(key_bt, (rows, T)) if bt.needs_factors else None
+        # Split the inputs over the devices once (not again for every segment).
+        wl_d, params_d, xi_all = place_on_devices((wl, params, xi_all), wl.prompt.shape[0])
         state = None
         blocks, steps = [], []
-        for seg in range(num_segments):
-            xi = None if xi_all is None else xi_all[:, seg * seg_steps : (seg + 1) * seg_steps]
-            out = batch_rollout(wl, params, xi, cfg, state)
-            state = out.final
+
+        def collect(out, done_steps):  # waits for a segment; the next one is already queued
             blocks.append(jax.tree_util.tree_map(np.asarray, out.blocks))
             if cfg.record_steps:
                 steps.append(jax.tree_util.tree_map(np.asarray, out.steps))
             if progress is not None:
-                progress((seg + 1) * seg_steps, T, attempt)
+                progress(done_steps, T, attempt)
+
+        pending = None
+        for seg in range(num_segments):
+            xi = None if xi_all is None else xi_all[:, seg * seg_steps : (seg + 1) * seg_steps]
+            out = batch_rollout(wl_d, params_d, xi, cfg, state)
+            state = out.final
+            if pending is not None:  # dispatched segment seg first: the devices never idle
+                collect(pending, seg * seg_steps)
+            pending = out
+        collect(pending, T)
         flags = np.asarray(state.flags)
         all_bits = int(np.bitwise_or.reduce(flags))
         if all_bits & Flag.KV_OVER_CAPACITY:
