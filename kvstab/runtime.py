@@ -29,9 +29,9 @@ from kvstab.errors import InputError
 log = logging.getLogger("kvstab")
 
 CACHE_OFF = ("off", "0", "none", "false", "no", "")
-# Programs that took less than this to compile are not written to the cache (a read costs
-# a few milliseconds; JAX's default of 1 s would skip the workload sampler and the
-# summaries, which together cost about as much as the rollout itself on a first call).
+# Programs that took less than this to compile are not written to the cache. JAX's default
+# (1 s) would skip the workload sampler's many small programs, which together cost about as
+# much as the rollout on a first call; reading one back costs a few milliseconds.
 MIN_COMPILE_TIME_S = 0.0
 
 _state: dict = {"cache_dir": None}
@@ -91,13 +91,13 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     """Turn on JAX's persistent compilation cache in ``path`` (default
     :func:`default_cache_dir`); returns the directory in use, or None when it is off (by
     ``KVSTAB_CACHE_DIR=off``, or because the directory cannot be written: a debug note).
-    A directory the user set through JAX is kept and returned."""
+    Without ``path``, a directory the user set through JAX is kept and returned."""
     import jax
 
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
-        _state["cache_dir"] = jax.config.jax_compilation_cache_dir
-        return _state["cache_dir"]
-    path = default_cache_dir() if path is None else path
+    current = jax.config.jax_compilation_cache_dir
+    if path is None and current and current != _state["cache_dir"]:
+        return current  # set by the user through JAX (JAX_COMPILATION_CACHE_DIR, jax.config)
+    path = default_cache_dir() if path is None else os.path.expanduser(path)
     if path is None:
         log.debug("kvstab: persistent compilation cache off (KVSTAB_CACHE_DIR)")
         return None
