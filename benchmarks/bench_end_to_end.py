@@ -38,9 +38,12 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+TREE = {"root": os.path.dirname(HERE)}  # the checkout whose kvstab is timed (--tree)
+
+
 def _env(cache_dir: str) -> dict:
     env = dict(os.environ, KVSTAB_CACHE_DIR=cache_dir)
-    root = os.path.dirname(HERE)
+    root = TREE["root"]
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
 
@@ -119,6 +122,13 @@ def core_run(n: int, t: int, repeat: int, cache_dir: str) -> dict:
     return {**{k: res[k] for k in keep}, "load_before": load0, "load_after": _load()}
 
 
+def _commit(root: str) -> str | None:
+    p = subprocess.run(
+        ["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True, text=True
+    )
+    return p.stdout.strip() or None
+
+
 def median(xs):
     xs = sorted(xs)
     m = len(xs) // 2
@@ -157,7 +167,15 @@ def main(argv=None) -> int:
         help="comma-separated subset of cli, python, core (default: all three)",
     )
     ap.add_argument("--out", default=None, help="JSON record (default benchmarks/results/)")
+    ap.add_argument(
+        "--tree",
+        default=None,
+        help="time the kvstab of another checkout (e.g. main, for a before/after); default: "
+        "this script's",
+    )
     args = ap.parse_args(argv)
+    if args.tree:
+        TREE["root"] = os.path.abspath(args.tree)
     from kvstab import SIM_SEMANTICS_VERSION, __version__
     from kvstab.results import write_json
 
@@ -170,6 +188,7 @@ def main(argv=None) -> int:
         "seed": SEED,
         "repeat": k,
         "kvstab_version": __version__,
+        "tree_commit": _commit(TREE["root"]),
         "sim_semantics_version": SIM_SEMANTICS_VERSION,
         "machine": machine(),
         "runs": {},
@@ -228,9 +247,7 @@ def main(argv=None) -> int:
         f"machine: {m['cpu_count']} x {m['cpu_model']}, jax {m['jax_version']}, load average "
         f"start {m['load_average_start']} end {m['load_average_end']}"
     )
-    path = args.out or os.path.join(
-        HERE, "results", f"end_to_end_{m['jax_backend']}_{n}x{t}.json"
-    )
+    path = args.out or os.path.join(HERE, "results", f"end_to_end_{m['jax_backend']}_{n}x{t}.json")
     write_json(path, {"kind": "benchmark", "result": rec})
     print(f"wrote {path}")
     return 0

@@ -365,22 +365,20 @@ def simulate(
         state = None
         blocks, steps = [], []
 
-        def collect(out, done_steps):  # waits for a segment; the next one is already queued
-            blocks.append(jax.tree_util.tree_map(np.asarray, out.blocks))
-            if cfg.record_steps:
-                steps.append(jax.tree_util.tree_map(np.asarray, out.steps))
-            if progress is not None:
-                progress(done_steps, T, attempt)
-
-        pending = None
-        for seg in range(num_segments):
-            xi = None if xi_all is None else xi_all[:, seg * seg_steps : (seg + 1) * seg_steps]
-            out = batch_rollout(wl_d, params_d, xi, cfg, state)
-            state = out.final
-            if pending is not None:  # dispatched segment seg first: the devices never idle
-                collect(pending, seg * seg_steps)
-            pending = out
-        collect(pending, T)
+        pending = None  # the segment dispatched last; collected once the next is queued
+        for seg in range(num_segments + 1):
+            if seg < num_segments:
+                lo, hi = seg * seg_steps, (seg + 1) * seg_steps
+                xi = None if xi_all is None else xi_all[:, lo:hi]
+                out = batch_rollout(wl_d, params_d, xi, cfg, state)
+                state = out.final
+            if pending is not None:  # waits for segment seg-1: the devices never idle
+                blocks.append(jax.tree_util.tree_map(np.asarray, pending.blocks))
+                if cfg.record_steps:
+                    steps.append(jax.tree_util.tree_map(np.asarray, pending.steps))
+                if progress is not None:
+                    progress(seg * seg_steps, T, attempt)
+            pending = out if seg < num_segments else None
         flags = np.asarray(state.flags)
         all_bits = int(np.bitwise_or.reduce(flags))
         if all_bits & Flag.KV_OVER_CAPACITY:
