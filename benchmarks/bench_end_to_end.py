@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = 3
+
+
+def _child_cpu_s() -> float:
+    """CPU seconds used by finished child processes (user + system): on a shared host the
+    wall time depends on the other users, the CPU time much less."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _load() -> float:
@@ -52,15 +60,17 @@ def cli_run(n: int, t: int, cache_dir: str) -> dict:
     """One ``kvstab simulate`` in a fresh process: wall seconds and completions."""
     cmd = [sys.executable, "-m", "kvstab", "simulate", "--saturated", "--steps", str(t)]
     cmd += ["--trajectories", str(n), "--seed", str(SEED), "--json"]
-    load0 = _load()
+    load0, cpu0 = _load(), _child_cpu_s()
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=_env(cache_dir), capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    cpu = _child_cpu_s() - cpu0
     if p.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
     summ = json.loads(p.stdout)
     return {
         "wall_s": wall,
+        "cpu_s": cpu,
         "completed": summ["completed"],
         "sim_wall_s": summ["wall_s"],
         "load_before": load0,
@@ -79,10 +89,10 @@ n, t, seed, calls = map(int, sys.argv[1:5])
 law = Independent(Uniform(10, 1600), Uniform(10, 1600))
 out = {"import_s": t_import, "devices": jax.local_device_count(), "calls": []}
 for i in range(calls):
-    c0 = num_compilations()
+    c0, p0 = num_compilations(), time.process_time()
     t0 = time.perf_counter()
     r = simulate(Workload(law, Saturated()), System(), num_steps=t, num_trajectories=n, seed=seed)
-    out["calls"].append({"wall_s": time.perf_counter() - t0,
+    out["calls"].append({"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - p0,
                          "completed": int(r.completed[:, -1].sum()),
                          "rollout_compilations": num_compilations() - c0})
 print(json.dumps(out))
@@ -91,7 +101,7 @@ print(json.dumps(out))
 
 def python_run(n: int, t: int, cache_dir: str, calls: int = 2) -> dict:
     """A fresh process calling simulate() ``calls`` times (the first compiles)."""
-    load0 = _load()
+    load0, cpu0 = _load(), _child_cpu_s()
     p = subprocess.run(
         [sys.executable, "-c", PY_WORKER, str(n), str(t), str(SEED), str(calls)],
         env=_env(cache_dir),
@@ -101,7 +111,7 @@ def python_run(n: int, t: int, cache_dir: str, calls: int = 2) -> dict:
     if p.returncode:
         raise RuntimeError(f"simulate() worker failed:\n{p.stderr[-2000:]}")
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    out.update(load_before=load0, load_after=_load())
+    out.update(load_before=load0, load_after=_load(), process_cpu_s=_child_cpu_s() - cpu0)
     return out
 
 
@@ -216,6 +226,7 @@ def main(argv=None) -> int:
         else:
             walls = [r["wall_s"] for r in rs]
             summary[name] = {"wall_s": median(walls), "completed": rs[0]["completed"]}
+            summary[name]["cpu_s"] = median([r["cpu_s"] for r in rs])
             summary[name]["runs"] = len(walls)
             # identical seeds: every run of every kind must count the same completions
             if len({r["completed"] for r in rs}) != 1:
@@ -232,11 +243,15 @@ def main(argv=None) -> int:
     rec["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
 
     print(f"end to end, {n} trajectories x {t} steps, median of {k}; completed requests/s")
-    print(f"{'run':16s} {'wall s':>9s} {'completed':>11s} {'completed/s':>12s}  all wall s")
+    print(
+        f"{'run':16s} {'wall s':>9s} {'cpu s':>8s} {'completed':>11s} {'completed/s':>12s}"
+        "  all wall s"
+    )
     for name, s in summary.items():
         walls = " ".join(f"{w:.2f}" for w in s["wall_s_all"])
         print(
-            f"{name:16s} {s['wall_s']:9.2f} {s['completed']:11,d} "
+            f"{name:16s} {s['wall_s']:9.2f} {s.get('cpu_s', float('nan')):8.1f} "
+            f"{s['completed']:11,d} "
             f"{s['completed_per_s']:12,.0f}  {walls}"
         )
     if "python_repeat_over_core_rate" in rec:
