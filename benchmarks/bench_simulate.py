@@ -124,6 +124,8 @@ def main(argv=None) -> int:
     ref_rate = ref.num_completed / ref_s
 
     dev = jax.devices()[0]
+    mem = (dev.memory_stats() or {}) if hasattr(dev, "memory_stats") else {}
+    peak = mem.get("peak_bytes_in_use")  # accelerators report it; the CPU backend does not
     res = {
         "benchmark": "simulate: 1:1 workload at saturation",
         "backend": jax.default_backend(),
@@ -150,6 +152,8 @@ def main(argv=None) -> int:
         "state_bytes_per_trajectory": state_bytes / n,
         "workload_bytes_per_trajectory": wl_bytes / n,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device_peak_bytes": peak,
+        "device_peak_bytes_per_trajectory": None if peak is None else peak / n,
         "flags": flags,
         "reference_steps": args.reference_steps,
         "reference_completed_per_s": ref_rate,

@@ -14,6 +14,12 @@ __version__ = "0.1.0"
 # back to the semantics that produced it. See docs/semantics.md.
 SIM_SEMANTICS_VERSION = 3
 
+# Before JAX starts: one CPU device per core, and the persistent compile cache
+# (kvstab/runtime.py; KVSTAB_CPU_DEVICES=1 and KVSTAB_CACHE_DIR=off opt out).
+from kvstab import runtime as _runtime  # noqa: E402
+
+_runtime.configure()
+
 from kvstab.errors import InputError  # noqa: E402
 from kvstab.laws import (  # noqa: E402
     Constant,

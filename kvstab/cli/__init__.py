@@ -21,6 +21,7 @@ from kvstab import __version__
 from kvstab.cli import boundary, capacity, fit, reproduce, simulate
 from kvstab.cli.common import validate_args
 from kvstab.errors import InputError
+from kvstab.runtime import use_all_cpu_cores  # noqa: F401  (re-exported: benchmarks use it)
 
 COMMANDS = (capacity, simulate, boundary, fit, reproduce)
 
@@ -83,20 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def use_all_cpu_cores() -> None:
-    """Expose one XLA CPU device per core, so the simulator shards trajectories over them.
-
-    Must run before JAX creates its CPU backend (the command line calls it first). Respects
-    an XLA_FLAGS that already sets the device count, and KVSTAB_CPU_DEVICES (e.g. 1).
-    """
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" in flags:
-        return
-    n = int(os.environ.get("KVSTAB_CPU_DEVICES", os.cpu_count() or 1))
-    if n > 1:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-
-
 def stop_on_second_interrupt() -> None:
     """Ctrl-C at any stage: the first raises KeyboardInterrupt in the main thread as usual
     (finished results are kept); a second one exits at once with status 130, even while the
@@ -134,7 +121,7 @@ _PARSER: list = []  # built once per process: main() is also called in-process (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    use_all_cpu_cores()
+    # ``import kvstab`` has already exposed one CPU device per core (kvstab/runtime.py).
     if argv is None:
         stop_on_second_interrupt()
     if not _PARSER:

@@ -32,7 +32,7 @@ from kvstab.sim.components import (
     System,
     Workload,
 )
-from kvstab.sim.rollout import batch_rollout
+from kvstab.sim.rollout import batch_rollout, place_on_devices
 from kvstab.sim.sizing import allocate_sizes, calendar_fits, grow_sizes
 from kvstab.sim.state import (
     REC_ADMIT,
@@ -366,17 +366,25 @@ def simulate(
         )
         cfg.validate()
         xi_all = bt.factors(key_bt, (rows, T)) if bt.needs_factors else None
+        # Split the inputs over the devices once (not again for every segment).
+        wl_d, params_d, xi_all = place_on_devices((wl, params, xi_all), wl.prompt.shape[0])
         state = None
         blocks, steps = [], []
-        for seg in range(num_segments):
-            xi = None if xi_all is None else xi_all[:, seg * seg_steps : (seg + 1) * seg_steps]
-            out = batch_rollout(wl, params, xi, cfg, state)
-            state = out.final
-            blocks.append(jax.tree_util.tree_map(np.asarray, out.blocks))
-            if cfg.record_steps:
-                steps.append(jax.tree_util.tree_map(np.asarray, out.steps))
-            if progress is not None:
-                progress((seg + 1) * seg_steps, T, attempt)
+
+        pending = None  # the segment dispatched last; collected once the next is queued
+        for seg in range(num_segments + 1):
+            if seg < num_segments:
+                lo, hi = seg * seg_steps, (seg + 1) * seg_steps
+                xi = None if xi_all is None else xi_all[:, lo:hi]
+                out = batch_rollout(wl_d, params_d, xi, cfg, state)
+                state = out.final
+            if pending is not None:  # waits for segment seg-1: the devices never idle
+                blocks.append(jax.tree_util.tree_map(np.asarray, pending.blocks))
+                if cfg.record_steps:
+                    steps.append(jax.tree_util.tree_map(np.asarray, pending.steps))
+                if progress is not None:
+                    progress(seg * seg_steps, T, attempt)
+            pending = out if seg < num_segments else None
         flags = np.asarray(state.flags)
         all_bits = int(np.bitwise_or.reduce(flags))
         if all_bits & Flag.KV_OVER_CAPACITY:

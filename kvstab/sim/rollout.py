@@ -63,8 +63,22 @@ def batch_rollout(
         state = init_state(cfg, wl.prompt.shape[0] * (cfg.num_replicas if cfg.dynamic else 1))
     ndev = jax.local_device_count()
     if ndev > 1 and wl.prompt.shape[0] % ndev == 0:
+        # Place every input split over the devices first: a segment's start state (made on
+        # one device) and the next segments' (already split) then share one compiled program.
+        sharding = _traj_sharding(ndev)
+        wl, params, xi, state = jax.device_put((wl, params, xi, state), sharding)
         return _sharded_rollout(cfg, ndev, xi is None)(wl, params, xi, state)
     return _rollout_jit(wl, params, xi, state, cfg)
+
+
+def place_on_devices(tree, rows: int):
+    """``tree`` split along its leading axis over the local devices when
+    :func:`batch_rollout` would shard request buffers of ``rows`` rows (else as it is): a
+    driver that calls the rollout several times (segments) moves its inputs once."""
+    ndev = jax.local_device_count()
+    if ndev > 1 and rows % ndev == 0:
+        return jax.device_put(tree, _traj_sharding(ndev))
+    return tree
 
 
 def num_compilations() -> int:
@@ -77,6 +91,15 @@ def num_compilations() -> int:
 
 
 _SHARDED_JITS: list = []
+
+
+@functools.lru_cache(maxsize=8)
+def _traj_sharding(ndev: int):
+    """Arrays split along their leading (trajectory) axis over the first ``ndev`` devices."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    return NamedSharding(Mesh(np.array(jax.local_devices()[:ndev]), ("traj",)), P("traj"))
 
 
 @functools.lru_cache(maxsize=64)
