@@ -197,6 +197,10 @@ def simulate(
         num_steps: batch steps T (rounded up to whole blocks and segments).
         num_trajectories: N.
         seed: PRNG seed; the whole run is a deterministic function of it and the sizes.
+            A sequence of k seeds splits the trajectories into k equal consecutive groups,
+            group j sampled exactly as a run with ``seed=seed[j]`` and
+            ``num_trajectories // k`` trajectories (and the same sizes) would be: many
+            independent runs in one compiled call (:func:`kvstab.sweep.sweep`'s points).
         cluster: G replicas and the router (docs/semantics.md "Replicas and routing"). A
             saturated run needs no router: every replica has its own backlog.
         outputs: per-request records, per-step arrays, resolution.
@@ -223,6 +227,18 @@ def simulate(
     check_number("num_steps", num_steps, low=1, integer=True)
     check_number("num_trajectories", num_trajectories, low=1, integer=True)
     check_number("warmup_frac", warmup_frac, low=0, high=1, high_open=True)
+    group_seeds = None
+    if np.ndim(seed) > 0:  # one seed per group of trajectories (see the docstring)
+        group_seeds = [int(x) for x in np.ravel(seed)] if np.size(seed) else []
+        if not group_seeds or num_trajectories % len(group_seeds):
+            raise InputError(
+                "seed",
+                f"{len(group_seeds)} seeds must divide num_trajectories = {num_trajectories} "
+                "into equal groups",
+            )
+        for x in group_seeds:
+            check_number("seed", x, low=0, integer=True)
+        seed = group_seeds[0]
     check_number("seed", seed, low=0, integer=True)
     arrivals, bt, router = workload.arrivals, system.batch_time, cluster.router
     chunk = int(system.chunk_tokens)
@@ -303,27 +319,40 @@ def simulate(
         jnp.asarray(np.broadcast_to(np.asarray(bt.coefs, np.float64), (rows, 4)), jnp.float32),
     )
     need_clock = bool(outputs.num_records) and not isinstance(bt, ConstantBatchTime)
+    group_keys = (
+        None if group_seeds is None else [jax.random.split(jax.random.PRNGKey(x)) for x in group_seeds]
+    )
+
+    def by_group(sample, which: int):
+        """``sample(key, n)`` for the whole run, or per seed group, concatenated."""
+        if group_keys is None:
+            return sample((key_wl, key_bt)[which], n)
+        parts = [sample(k[which], n // len(group_keys)) for k in group_keys]
+        return jax.tree_util.tree_map(lambda *x: jnp.concatenate(x, axis=0), *parts)
+
     attempt = 0
     while True:
         attempt += 1
-        if replay is not None:
-            # one copy of the trace per trajectory; replicas share it through the router
-            wl = replay_workload(replay.arrival_s, replay.prompt, replay.output)
-            if n > 1:
-                wl = jax.tree_util.tree_map(lambda x: jnp.repeat(x, n, axis=0), wl)
-            if g > 1 and not dynamic:
-                wl = split_stream(wl, g, router.name, key_wl, per_replica=None)
-        elif dynamic:
-            wl = sample_workload(
-                key_wl,
-                joint,
-                num_trajectories=n,
-                num_requests=g * sz["num_requests"],
-                arrivals=arrivals.name,
-                initial_queue=workload.initial_queue,
-            )
-        else:
-            wl = sample_workload(
+
+        def sample(key_wl, n):
+            if replay is not None:
+                # one copy of the trace per trajectory; replicas share it through the router
+                wl = replay_workload(replay.arrival_s, replay.prompt, replay.output)
+                if n > 1:
+                    wl = jax.tree_util.tree_map(lambda x: jnp.repeat(x, n, axis=0), wl)
+                if g > 1 and not dynamic:
+                    wl = split_stream(wl, g, router.name, key_wl, per_replica=None)
+                return wl
+            if dynamic:
+                return sample_workload(
+                    key_wl,
+                    joint,
+                    num_trajectories=n,
+                    num_requests=g * sz["num_requests"],
+                    arrivals=arrivals.name,
+                    initial_queue=workload.initial_queue,
+                )
+            return sample_workload(
                 key_wl,
                 joint,
                 num_trajectories=n,
@@ -333,6 +362,8 @@ def simulate(
                 num_replicas=g,
                 router=router.name if not saturated else "round_robin",
             )
+
+        wl = by_group(sample, 0)
         if replay is not None:
             bad = np.flatnonzero(np.asarray(wl.prompt + wl.output).max(axis=0) > M_max)
             if len(bad):
@@ -359,7 +390,9 @@ def simulate(
             replica_requests=sz["replica_requests"] if dynamic else 0,
         )
         cfg.validate()
-        xi_all = bt.factors(key_bt, (rows, T)) if bt.needs_factors else None
+        xi_all = (
+            by_group(lambda k, nn: bt.factors(k, (nn * g, T)), 1) if bt.needs_factors else None
+        )
         state = None
         blocks, steps = [], []
         for seg in range(num_segments):
@@ -413,7 +446,7 @@ def simulate(
         "arrivals": arrivals.name,
         "num_steps": T,
         "num_trajectories": n,
-        "seed": int(seed),
+        "seed": int(seed) if group_seeds is None else group_seeds,
         "num_replicas": g,
         "router": router.name,
         "routing": "at run time on the replicas' states"
