@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from kvstab import __version__
-from kvstab.cli import boundary, capacity, fit, reproduce, simulate
+from kvstab.cli import boundary, capacity, fit, reproduce, simulate, sweep
 from kvstab.errors import InputError
 
-COMMANDS = (capacity, simulate, boundary, fit, reproduce)
+COMMANDS = (capacity, simulate, boundary, fit, reproduce, sweep)
 
 # Python field names -> command-line flags, so API errors read the same on the command line.
 FLAG_FOR = {
