@@ -352,7 +352,7 @@ def _point_row(res, p: dict, rows: np.ndarray, mean_life: float, records: bool) 
     row.update(
         _ci_cols("preemptions_per_completion", np.where(comp > 0, pre / np.maximum(comp, 1), np.nan))
     )
-    row.update(_ci_cols("mean_kv_tokens", res.kv_tokens[rows][:, w:].mean(axis=1)))
+    row.update(_ci_cols("mean_kv_tokens", res.kv_tokens[rows][:, w:].astype(np.float64).mean(axis=1)))
     notes = []
     if drift.verdict == "inconclusive":
         notes.append(drift.reason)
