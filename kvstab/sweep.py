@@ -116,7 +116,9 @@ def _law_of(name: str, value: Any):
     try:
         law = as_joint(value)
     except Exception:
-        raise InputError(name, f"must be a workload name, a trace file or a law, got {value!r}")
+        raise InputError(
+            name, f"must be a workload name, a trace file or a law, got {value!r}"
+        ) from None
     return law.spec, law
 
 
@@ -188,7 +190,7 @@ def _points(axes: dict[str, list]) -> list[dict]:
     traced = ["kv_tokens", "batch_time", lam_axis]
     pts = []
     for combo_id, st in enumerate(itertools.product(*(axes[a] for a in STATIC_AXES))):
-        st = dict(zip(STATIC_AXES, st))
+        st = dict(zip(STATIC_AXES, st, strict=True))
         key = id(st["workload"]) if not isinstance(st["workload"], str) else st["workload"]
         if key not in laws:
             laws[key] = _law_of("workload", st["workload"])
@@ -196,7 +198,7 @@ def _points(axes: dict[str, list]) -> list[dict]:
         _static_components(st)  # check the names once per combination
         mean_g = float(analytic.mean_g(law, st["chunk"]))
         for tv in itertools.product(*(axes[a] for a in traced)):
-            p = dict(st, **dict(zip(traced, tv)))
+            p = dict(st, **dict(zip(traced, tv, strict=True)))
             p["workload"] = label
             M, G, b = p["kv_tokens"], p["replicas"], p["batch_time"]
             if law.max_total is None:
@@ -313,7 +315,11 @@ def _latency_cols(res, rows: np.ndarray, G: int, margin_s: float) -> tuple[dict,
     t0 = res.clock_s[:, w - 1] if w > 0 else np.zeros(res.num_trajectories)
     t1 = res.clock_s[:, -1] - margin_s
     t1 = np.where(t1 > t0, t1, res.clock_s[:, -1])
-    per = {f"{k}_{s}": [] for k in LATENCIES for s in ("mean", *(f"p{int(q * 100)}" for q in QUANTILES))}
+    per = {
+        f"{k}_{s}": []
+        for k in LATENCIES
+        for s in ("mean", *(f"p{int(q * 100)}" for q in QUANTILES))
+    }
     done, total = 0, 0
     for r in rows:
         sl = slice(int(r) * G, (int(r) + 1) * G)
@@ -350,9 +356,13 @@ def _point_row(res, p: dict, rows: np.ndarray, mean_life: float, records: bool) 
     comp = res.completed[rows][:, -1].astype(np.float64)
     pre = res.preempted[rows][:, -1].astype(np.float64)
     row.update(
-        _ci_cols("preemptions_per_completion", np.where(comp > 0, pre / np.maximum(comp, 1), np.nan))
+        _ci_cols(
+            "preemptions_per_completion", np.where(comp > 0, pre / np.maximum(comp, 1), np.nan)
+        )
     )
-    row.update(_ci_cols("mean_kv_tokens", res.kv_tokens[rows][:, w:].astype(np.float64).mean(axis=1)))
+    row.update(
+        _ci_cols("mean_kv_tokens", res.kv_tokens[rows][:, w:].astype(np.float64).mean(axis=1))
+    )
     notes = []
     if drift.verdict == "inconclusive":
         notes.append(drift.reason)
@@ -523,7 +533,11 @@ def _diff(old: dict, new: dict) -> list[str]:
 
 
 def _hash(cfg: dict) -> str:
-    keep = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("provenance", "config_hash", "num_processes")}
+    keep = {
+        k: v
+        for k, v in cfg.items()
+        if not k.startswith("_") and k not in ("provenance", "config_hash", "num_processes")
+    }
     return hashlib.sha256(json.dumps(to_jsonable(keep), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -669,7 +683,11 @@ def sweep(
         if stored is None:
             write_json_atomic(
                 out_dir / "sweep.json",
-                {**{k: v for k, v in config.items() if not k.startswith("_")}, "provenance": provenance(), "complete": False},
+                {
+                    **{k: v for k, v in config.items() if not k.startswith("_")},
+                    "provenance": provenance(),
+                    "complete": False,
+                },
             )
 
     if process_id is None or num_processes is None:
@@ -714,10 +732,10 @@ def sweep(
         p0 = cpts[0]
         law = p0["_law"]
         policy, cluster = _static_components(p0)
-        rep = lambda key: np.repeat([q[key] for q in padded], R)  # noqa: E731
+        rep = lambda key, padded=padded: np.repeat([q[key] for q in padded], R)  # noqa: E731
         nrec = (int(sizes["num_requests"]) if records is True else int(records)) if records else 0
 
-        def sim_progress(d, tot, attempt=1, _base=done_pts, _n=len(cpts)):
+        def sim_progress(d, tot, attempt=1, _base=done_pts, _n=len(cpts)):  # noqa: B008
             if progress:
                 progress(_base + _n * d / tot, total_pts)
 
@@ -898,7 +916,7 @@ def plot_sweep(
         ys = result.column(y).astype(float)
         ux, uy = np.unique(xs), np.unique(ys)
         Z = np.full((len(uy), len(ux)), np.nan)
-        for xi, yi, v in zip(xs, ys, m):
+        for xi, yi, v in zip(xs, ys, m, strict=True):
             Z[np.searchsorted(uy, yi), np.searchsorted(ux, xi)] = v
         finite = Z[np.isfinite(Z)]
         vmax = float(np.max(np.abs(finite))) if finite.size else 1.0

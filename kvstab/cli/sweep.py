@@ -72,7 +72,7 @@ def grid_from_args(args: argparse.Namespace) -> tuple[dict, dict]:
         data = _read_grid(args.grid)
         run = {k: data.pop(k) for k in ("replications", "steps", "seed", "records") if k in data}
         grid.update(data)
-    for axis, flag in AXIS_FLAGS.items():
+    for axis in AXIS_FLAGS:
         text = getattr(args, axis)
         if text is not None:
             grid[axis] = _split(axis, text)
@@ -120,12 +120,16 @@ def run(args: argparse.Namespace) -> int:
             try:
                 records = int(records)
             except ValueError:
-                raise InputError("records", f"must be all, none or an integer >= 0, got {records!r}") from None
+                raise InputError(
+                    "records", f"must be all, none or an integer >= 0, got {records!r}"
+                ) from None
     if args.plot:
         from pathlib import Path
 
         if Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg"):
-            raise InputError("plot", f"the file name must end in .png, .pdf or .svg, got {args.plot}")
+            raise InputError(
+                "plot", f"the file name must end in .png, .pdf or .svg, got {args.plot}"
+            )
     progress = Progress("kvstab sweep", quiet=args.quiet)
     res = sweep(
         grid,
@@ -150,10 +154,12 @@ def run(args: argparse.Namespace) -> int:
     cols = ["point", *varied, "rate", "mu", "mu_stable", "throughput_per_s",
             "queue_growth_per_s", "verdict", "theory", "ttft_p99_s", "note"]  # fmt: skip
     cols = [c for c in dict.fromkeys(cols) if c in res.columns]
-    print("kvstab sweep: " + (f"{len(res.rows)} points x {res.config['replications']} replications, "
-          f"{res.config['num_steps']} steps; {res.chunks_run} chunk(s) run, "
-          f"{res.chunks_skipped} resumed from disk, {res.compilations} compilation(s), "
-          f"{res.wall_s:.1f} s"))  # fmt: skip
+    print(
+        f"kvstab sweep: {len(res.rows)} points x {res.config['replications']} replications, "
+        f"{res.config['num_steps']} steps; {res.chunks_run} chunk(s) run, "
+        f"{res.chunks_skipped} resumed from disk, {res.compilations} compilation(s), "
+        f"{res.wall_s:.1f} s"
+    )
     print("  ".join(f"{c:>12.12}" for c in cols))
     for r in res.rows:
         cells = []
@@ -202,10 +208,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--records", default="all", metavar="all|none|N",
                    help="per-request records for wait/TTFT/latency (none: faster)")  # fmt: skip
     r.add_argument("--chunk-points", dest="chunk_points", type=parse_int, default=None,
-                   metavar="K", help="points per compiled call (default: ~2048 trajectories)")  # fmt: skip
+                   metavar="K", help="points per call (default: ~2048 trajectories)")  # fmt: skip
     d = p.add_argument_group("several machines (jax.distributed; docs/sweeps.md)")
     d.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() (SLURM, Kubernetes: automatic)")  # fmt: skip
+                   help="jax.distributed.initialize() (SLURM, Kubernetes: automatic)")  # fmt: skip
     d.add_argument("--coordinator", metavar="HOST:PORT", default=None)
     d.add_argument("--num-processes", dest="num_processes", type=parse_int, default=None)
     d.add_argument("--process-id", dest="process_id", type=parse_int, default=None)
@@ -214,7 +220,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output directory: chunks, sweep.csv, sweep.json (resumable)")  # fmt: skip
     o.add_argument("--json", action="store_true", help="print the rows as JSON")
     o.add_argument("--plot", metavar="FILE", default=None,
-                   help="a heat map (two axes) or lines with CI bands (one axis): .png/.pdf/.svg")  # fmt: skip
+                   help="heat map (2 axes) or CI-band lines (1 axis): .png/.pdf/.svg")  # fmt: skip
     o.add_argument("--plot-metric", dest="plot_metric", default="queue_growth_per_s",
                    metavar="COLUMN")  # fmt: skip
     o.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -233,4 +239,3 @@ def _with_flags(fn):
             raise
 
     return wrapped
-

@@ -320,7 +320,9 @@ def simulate(
     )
     need_clock = bool(outputs.num_records) and not isinstance(bt, ConstantBatchTime)
     group_keys = (
-        None if group_seeds is None else [jax.random.split(jax.random.PRNGKey(x)) for x in group_seeds]
+        None
+        if group_seeds is None
+        else [jax.random.split(jax.random.PRNGKey(x)) for x in group_seeds]
     )
 
     def by_group(sample, which: int):
@@ -334,7 +336,7 @@ def simulate(
     while True:
         attempt += 1
 
-        def sample(key_wl, n):
+        def sample(key_wl, n, sz=sz):
             if replay is not None:
                 # one copy of the trace per trajectory; replicas share it through the router
                 wl = replay_workload(replay.arrival_s, replay.prompt, replay.output)
@@ -390,9 +392,7 @@ def simulate(
             replica_requests=sz["replica_requests"] if dynamic else 0,
         )
         cfg.validate()
-        xi_all = (
-            by_group(lambda k, nn: bt.factors(k, (nn * g, T)), 1) if bt.needs_factors else None
-        )
+        xi_all = by_group(lambda k, nn: bt.factors(k, (nn * g, T)), 1) if bt.needs_factors else None
         state = None
         blocks, steps = [], []
         for seg in range(num_segments):
