@@ -517,10 +517,15 @@ def _config_of(axes: dict, **settings) -> dict:
     return {"axes": words, **settings}
 
 
+# Written beside the configuration but not part of its identity.
+_UNHASHED = ("provenance", "config_hash", "chunking", "num_chunks", "complete", "columns",
+             "chunks", "files")  # fmt: skip
+
+
 def _diff(old: dict, new: dict) -> list[str]:
     out = []
     for k in sorted(set(old) | set(new)):
-        if k.startswith("_") or k in ("provenance", "config_hash", "num_processes"):
+        if k.startswith("_") or k in _UNHASHED:
             continue
         if k == "axes":
             oa, na = old.get(k, {}), new.get(k, {})
@@ -533,11 +538,7 @@ def _diff(old: dict, new: dict) -> list[str]:
 
 
 def _hash(cfg: dict) -> str:
-    keep = {
-        k: v
-        for k, v in cfg.items()
-        if not k.startswith("_") and k not in ("provenance", "config_hash", "num_processes")
-    }
+    keep = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in _UNHASHED}
     return hashlib.sha256(json.dumps(to_jsonable(keep), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -617,12 +618,30 @@ def sweep(
 
     out_dir = Path(out) if out is not None else None
     stored = read_json(out_dir / "sweep.json", missing_ok=True) if out_dir else None
-    # An automatic chunking is kept on a re-run (another machine may have more memory).
-    stored_k = (
-        stored.get("chunk_points")
-        if chunk_points is None and stored and stored.get("chunk_points_auto")
-        else None
+    config = _config_of(
+        axes,
+        replications=R,
+        num_steps=int(num_steps),
+        seed=seed,
+        records=records,
+        warmup_frac=float(warmup_frac),
+        chunk_points=None if chunk_points is None else int(chunk_points),
+        num_points=len(pts),
+        seeds="point i: kvstab.sweep.point_seed(seed, i)",
+        kvstab_version=__version__,
+        sim_semantics_version=SIM_SEMANTICS_VERSION,
     )
+    config["config_hash"] = _hash(config)
+    config["_workload_objects"] = axes["workload"]
+    if stored is not None and stored.get("config_hash") != config["config_hash"]:
+        changed = _diff(stored, config) or ["(versions or settings)"]
+        raise InputError(
+            "out",
+            f"{out_dir} holds a sweep with a different configuration ({'; '.join(changed)}); "
+            "re-run with the same settings to resume, or use another output directory",
+        )
+    # An automatic chunking is kept on a re-run (another machine may have more memory).
+    stored_k = stored.get("chunking") if chunk_points is None and stored else None
 
     # Plan: sizes per combination, chunks of equal shape per combination.
     plan = []  # (combo, [points], sizes, points per chunk)
@@ -654,41 +673,17 @@ def sweep(
     for ci, (_, cpts, _, _) in enumerate(plan):
         for p in cpts:
             p["chunk_id"] = ci
-
-    config = _config_of(
-        axes,
-        replications=R,
-        num_steps=int(num_steps),
-        seed=seed,
-        records=records,
-        warmup_frac=float(warmup_frac),
-        chunk_points=ks,
-        chunk_points_auto=chunk_points is None,
-        num_points=len(pts),
-        num_chunks=len(plan),
-        seeds="point i: kvstab.sweep.point_seed(seed, i)",
-        kvstab_version=__version__,
-        sim_semantics_version=SIM_SEMANTICS_VERSION,
-    )
-    config["config_hash"] = _hash(config)
-    config["_workload_objects"] = axes["workload"]
-    if out_dir is not None:
-        if stored is not None and stored.get("config_hash") != config["config_hash"]:
-            changed = _diff(stored, config) or ["(versions or settings)"]
-            raise InputError(
-                "out",
-                f"{out_dir} holds a sweep with a different configuration ({'; '.join(changed)}); "
-                "re-run with the same settings to resume, or use another output directory",
-            )
-        if stored is None:
-            write_json_atomic(
-                out_dir / "sweep.json",
-                {
-                    **{k: v for k, v in config.items() if not k.startswith("_")},
-                    "provenance": provenance(),
-                    "complete": False,
-                },
-            )
+    config["chunking"] = ks  # points per chunk, per static combination (not hashed)
+    config["num_chunks"] = len(plan)
+    if out_dir is not None and stored is None:
+        write_json_atomic(
+            out_dir / "sweep.json",
+            {
+                **{k: v for k, v in config.items() if not k.startswith("_")},
+                "provenance": provenance(),
+                "complete": False,
+            },
+        )
 
     if process_id is None or num_processes is None:
         process_id, num_processes = jax.process_index(), jax.process_count()
@@ -709,6 +704,8 @@ def sweep(
         got = read_json(chunk_path(c), missing_ok=True)
         if not got or got.get("config_hash") != config["config_hash"]:
             return False
+        if got.get("points") != [q["point"] for q in plan[c][1]]:
+            return False  # another chunking: run it again
         chunk_rows[c] = got["rows"]
         chunk_sizes[c] = {"sizes": got["sizes"], "num_records": got["num_records"]}
         return True

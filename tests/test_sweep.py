@@ -205,3 +205,13 @@ def test_stability_map_matches_the_closed_form():
         if r["rate"] > 1.15 * r["mu"]:
             assert r["verdict"] == "unstable", r
             assert r["queue_growth_per_s"] > 0
+
+
+def test_cli_grid_file_feeds_the_same_checks(tmp_path, capsys):
+    grid = tmp_path / "grid.toml"
+    grid.write_text("rate_fraction = [0.5, 0.9]\nkv_tokens = []\nreplications = 2\n")
+    assert main(["sweep", "--grid", str(grid)]) == 2
+    assert "--kv-tokens: is an empty axis" in capsys.readouterr().err
+    grid.write_text("rate_fraction = [0.5\n")
+    assert main(["sweep", "--grid", str(grid)]) == 2
+    assert "--grid" in capsys.readouterr().err
