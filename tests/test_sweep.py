@@ -215,3 +215,12 @@ def test_cli_grid_file_feeds_the_same_checks(tmp_path, capsys):
     grid.write_text("rate_fraction = [0.5\n")
     assert main(["sweep", "--grid", str(grid)]) == 2
     assert "--grid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seeds", [[1, 2, 3], [], [1, -2]])
+def test_simulate_group_seeds_must_split_the_trajectories_evenly(seeds):
+    from kvstab.sim import Poisson, Workload
+
+    with pytest.raises(InputError) as e:
+        simulate(Workload(LAW, Poisson(1.0)), num_trajectories=4, num_steps=8, seed=seeds)
+    assert e.value.field == "seed"
