@@ -1,7 +1,8 @@
 """The ``kvstab`` command line: ``main`` and the parser.
 
 One module per subcommand (:mod:`~kvstab.cli.capacity`, :mod:`~kvstab.cli.simulate`,
-:mod:`~kvstab.cli.boundary`, :mod:`~kvstab.cli.fit`, :mod:`~kvstab.cli.reproduce`), each with
+:mod:`~kvstab.cli.boundary`, :mod:`~kvstab.cli.fit`, :mod:`~kvstab.cli.reproduce`,
+:mod:`~kvstab.cli.sweep`), each with
 ``register(subparsers)``; the flags they share are defined once in :mod:`kvstab.cli.common`.
 Bad input exits with status 2 and one line naming the flag and the allowed range, never a
 traceback.
