@@ -2,7 +2,8 @@
 
 A comma-separated list on any axis flag makes an axis (``--kv-tokens 40000,80000
 --rate-fraction 0.5,0.8,1.1``); ``--grid FILE.toml`` gives the axes in a file (flags given on
-the command line override it). See docs/sweeps.md.
+the command line override it). See docs/sweeps.md. The axis flags keep their comma lists
+as text (dests ``axis_<name>``) and are checked by :func:`kvstab.sweep.normalize_grid`.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def grid_from_args(args: argparse.Namespace) -> tuple[dict, dict]:
         run = {k: data.pop(k) for k in ("replications", "steps", "seed", "records") if k in data}
         grid.update(data)
     for axis in AXIS_FLAGS:
-        text = getattr(args, axis)
+        text = getattr(args, f"axis_{axis}")
         if text is not None:
             grid[axis] = _split(axis, text)
     if args.prompt or args.output:
@@ -84,7 +85,7 @@ def grid_from_args(args: argparse.Namespace) -> tuple[dict, dict]:
             parse_law(args.prompt or DEFAULTS["prompt"], "prompt"),
             parse_law(args.output or DEFAULTS["output"], "output"),
         )
-        if "workload" in grid and args.workload is not None:
+        if "workload" in grid and args.axis_workload is not None:
             raise InputError("workload", "give --workload or --prompt/--output, not both")
         for m in grid.get("kv_tokens", [131000]):
             try:
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from kvstab.sweep import sweep
 
     grid, settings = grid_from_args(args)
-    records = settings.get("records", args.records)
+    records = settings.get("records", args.records_spec)
     if isinstance(records, str):
         if records in ("all", "none"):
             records = records == "all"
@@ -184,19 +185,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("grid (comma-separated lists make axes)")
     g.add_argument("--grid", metavar="FILE.toml", help="axes (and replications, steps, seed, "
                    "records) from a TOML file; flags override it")  # fmt: skip
-    g.add_argument("--rate", metavar="L1,L2,...", help="arrival rates λ (requests/s, cluster)")
-    g.add_argument("--rate-fraction", dest="rate_fraction", metavar="F1,F2,...",
+    g.add_argument(
+        "--rate",
+        dest="axis_rate",
+        metavar="L1,L2,...",
+        help="arrival rates λ (requests/s, cluster)",
+    )
+    g.add_argument("--rate-fraction", dest="axis_rate_fraction", metavar="F1,F2,...",
                    help="λ as fractions of each point's closed-form μ")  # fmt: skip
-    g.add_argument("--kv-tokens", dest="kv_tokens", metavar="M1,M2,...", help="KV capacity M")
-    g.add_argument("--batch-time", dest="batch_time", metavar="B1,...", help="batch time b̄ (s)")
-    g.add_argument("--chunk", metavar="S1,...", help="chunked-prefill size ŝ")
-    g.add_argument("--replicas", metavar="G1,...", help="replicas G")
-    g.add_argument("--router", metavar="NAMES", help="round_robin, random, jsq, least_kv")
-    g.add_argument("--admission", metavar="NAMES", help="current, reserve")
-    g.add_argument("--overflow", metavar="NAMES", help="recompute, swap")
-    g.add_argument("--order", metavar="NAMES", help="fcfs, spf")
-    g.add_argument("--workload", metavar="NAMES", help="paper workloads (1:1, 2:1, 1:2, 4:1, "
-                   "8:1) or trace files; default 1:1")  # fmt: skip
+    g.add_argument("--kv-tokens", dest="axis_kv_tokens", metavar="M1,M2,...", help="KV capacity M")
+    g.add_argument(
+        "--batch-time", dest="axis_batch_time", metavar="B1,...", help="batch time b̄ (s)"
+    )
+    g.add_argument("--chunk", dest="axis_chunk", metavar="S1,...", help="chunked-prefill size ŝ")
+    g.add_argument("--replicas", dest="axis_replicas", metavar="G1,...", help="replicas G")
+    g.add_argument(
+        "--router", dest="axis_router", metavar="NAMES", help="round_robin, random, jsq, least_kv"
+    )
+    g.add_argument("--admission", dest="axis_admission", metavar="NAMES", help="current, reserve")
+    g.add_argument("--overflow", dest="axis_overflow", metavar="NAMES", help="recompute, swap")
+    g.add_argument("--order", dest="axis_order", metavar="NAMES", help="fcfs, spf")
+    g.add_argument("--workload", dest="axis_workload", metavar="NAMES",
+                   help="1:1 (default), 2:1, 1:2, 4:1, 8:1 or trace files")  # fmt: skip
     g.add_argument("--prompt", metavar="LAW", help="one prompt-length law instead of --workload")
     g.add_argument("--output", metavar="LAW", help="one output-length law instead of --workload")
     r = p.add_argument_group("run")
@@ -205,7 +215,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--seed", type=parse_int, default=0, help="base seed (point i: "
                    "kvstab.sweep.point_seed(seed, i))")  # fmt: skip
     r.add_argument("--warmup", type=float, default=0.25, metavar="FRAC")
-    r.add_argument("--records", default="all", metavar="all|none|N",
+    r.add_argument("--records", dest="records_spec", default="all", metavar="all|none|N",
                    help="per-request records for wait/TTFT/latency (none: faster)")  # fmt: skip
     r.add_argument("--chunk-points", dest="chunk_points", type=parse_int, default=None,
                    metavar="K", help="points per call (default: ~2048 trajectories)")  # fmt: skip
