@@ -45,3 +45,9 @@ __all__ = [
     "__version__",
     "parse_law",
 ]
+
+# ``kvstab.sweep(grid, ...)``: the function (its module's other names: ``from kvstab.sweep
+# import SweepResult``).
+from kvstab.sweep import SweepResult, sweep  # noqa: E402
+
+__all__ += ["SweepResult", "sweep"]

@@ -16,8 +16,8 @@ from kvstab.cli.common import (
     check_writable,
     parse_coefs,
     parse_float,
-    policy_words,
     parse_int,
+    policy_words,
     workload_from_args,
 )
 from kvstab.errors import InputError

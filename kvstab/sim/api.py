@@ -46,7 +46,7 @@ from kvstab.sim.state import (
     StaticConfig,
     StepOut,
 )
-from kvstab.validate import check_memory, check_simulate_args
+from kvstab.validate import MAX_SEED, check_memory, check_simulate_args, check_value
 from kvstab.workload import replay_workload, sample_workload, split_stream
 
 
@@ -198,6 +198,10 @@ def simulate(
         num_steps: batch steps T (rounded up to whole blocks and segments).
         num_trajectories: N.
         seed: PRNG seed; the whole run is a deterministic function of it and the sizes.
+            A sequence of k seeds splits the trajectories into k equal consecutive groups,
+            group j sampled exactly as a run with ``seed=seed[j]`` and
+            ``num_trajectories // k`` trajectories (and the same sizes) would be: many
+            independent runs in one compiled call (:func:`kvstab.sweep.sweep`'s points).
         cluster: G replicas and the router (docs/semantics.md "Replicas and routing"). A
             saturated run needs no router: every replica has its own backlog.
         outputs: per-request records, per-step arrays, resolution.
@@ -212,6 +216,22 @@ def simulate(
         ``max_attempts`` runs, the flags are returned in the result (never hidden).
     """
     wall0 = time.perf_counter()
+    group_seeds = None
+    if np.ndim(seed) > 0:  # one seed per group of trajectories (see the docstring)
+        group_seeds = [int(x) for x in np.ravel(seed)] if np.size(seed) else []
+        for x in group_seeds:
+            check_value("seed", x, low=0, high=MAX_SEED, integer=True)
+        if (
+            not group_seeds
+            or not isinstance(num_trajectories, (int, np.integer))
+            or (num_trajectories % len(group_seeds))
+        ):
+            raise InputError(
+                "seed",
+                f"{len(group_seeds)} seeds must divide num_trajectories = {num_trajectories} "
+                "into equal groups",
+            )
+        seed = group_seeds[0]
     check_simulate_args(
         workload, system, policy, cluster, outputs, num_steps=num_steps,
         num_trajectories=num_trajectories, seed=seed, warmup_frac=warmup_frac,
@@ -309,27 +329,42 @@ def simulate(
         jnp.asarray(np.broadcast_to(np.asarray(bt.coefs, np.float64), (rows, 4)), jnp.float32),
     )
     need_clock = bool(outputs.num_records) and not isinstance(bt, ConstantBatchTime)
+    group_keys = (
+        None
+        if group_seeds is None
+        else [jax.random.split(jax.random.PRNGKey(x)) for x in group_seeds]
+    )
+
+    def by_group(sample, which: int):
+        """``sample(key, n)`` for the whole run, or per seed group, concatenated."""
+        if group_keys is None:
+            return sample((key_wl, key_bt)[which], n)
+        parts = [sample(k[which], n // len(group_keys)) for k in group_keys]
+        return jax.tree_util.tree_map(lambda *x: jnp.concatenate(x, axis=0), *parts)
+
     attempt = 0
     while True:
         attempt += 1
-        if replay is not None:
-            # one copy of the trace per trajectory; replicas share it through the router
-            wl = replay_workload(replay.arrival_s, replay.prompt, replay.output)
-            if n > 1:
-                wl = jax.tree_util.tree_map(lambda x: jnp.repeat(x, n, axis=0), wl)
-            if g > 1 and not dynamic:
-                wl = split_stream(wl, g, router.name, key_wl, per_replica=None)
-        elif dynamic:
-            wl = sample_workload(
-                key_wl,
-                joint,
-                num_trajectories=n,
-                num_requests=g * sz["num_requests"],
-                arrivals=arrivals.name,
-                initial_queue=workload.initial_queue,
-            )
-        else:
-            wl = sample_workload(
+
+        def sample(key_wl, n, sz=sz):
+            if replay is not None:
+                # one copy of the trace per trajectory; replicas share it through the router
+                wl = replay_workload(replay.arrival_s, replay.prompt, replay.output)
+                if n > 1:
+                    wl = jax.tree_util.tree_map(lambda x: jnp.repeat(x, n, axis=0), wl)
+                if g > 1 and not dynamic:
+                    wl = split_stream(wl, g, router.name, key_wl, per_replica=None)
+                return wl
+            if dynamic:
+                return sample_workload(
+                    key_wl,
+                    joint,
+                    num_trajectories=n,
+                    num_requests=g * sz["num_requests"],
+                    arrivals=arrivals.name,
+                    initial_queue=workload.initial_queue,
+                )
+            return sample_workload(
                 key_wl,
                 joint,
                 num_trajectories=n,
@@ -339,6 +374,8 @@ def simulate(
                 num_replicas=g,
                 router=router.name if not saturated else "round_robin",
             )
+
+        wl = by_group(sample, 0)
         if replay is not None:
             bad = np.flatnonzero(np.asarray(wl.prompt + wl.output).max(axis=0) > M_max)
             if len(bad):
@@ -365,7 +402,7 @@ def simulate(
             replica_requests=sz["replica_requests"] if dynamic else 0,
         )
         cfg.validate()
-        xi_all = bt.factors(key_bt, (rows, T)) if bt.needs_factors else None
+        xi_all = by_group(lambda k, nn: bt.factors(k, (nn * g, T)), 1) if bt.needs_factors else None
         # Split the inputs over the devices once (not again for every segment).
         wl_d, params_d, xi_all = place_on_devices((wl, params, xi_all), wl.prompt.shape[0])
         state = None
@@ -427,7 +464,7 @@ def simulate(
         "arrivals": arrivals.name,
         "num_steps": T,
         "num_trajectories": n,
-        "seed": int(seed),
+        "seed": int(seed) if group_seeds is None else group_seeds,
         "num_replicas": g,
         "router": router.name,
         "routing": "at run time on the replicas' states"
