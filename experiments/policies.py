@@ -35,7 +35,11 @@ HOMOGENEOUS = {
 def _workloads(quick: bool) -> dict:
     """name -> (prompt law, output law, b̄): Table 1's rows and the homogeneous ones."""
     table1 = {
-        name: {"prompt": row["prompt"], "output": row["output"], "batch_time_s": row["batch_time_s"]}
+        name: {
+            "prompt": row["prompt"],
+            "output": row["output"],
+            "batch_time_s": row["batch_time_s"],
+        }
         for name, row in paper.WORKLOADS.items()
     }
     extra = {
@@ -59,7 +63,7 @@ def config(quick: bool) -> dict:
         "policies": _preset_names(),  # every preset at the time of the run
         "kv_capacity_tokens": paper.KV_CAPACITY_TOKENS,
         "chunk_tokens": paper.CHUNK_TOKENS,
-        "precision": ex.pick(quick, "tiny", "fast"),
+        "precision": ex.pick(quick, "tiny", "default"),
         "load_factor": 0.8,
     }
 
@@ -76,7 +80,9 @@ def run(cfg: dict, progress: Progress) -> dict:
         system = System(
             cfg["kv_capacity_tokens"], cfg["chunk_tokens"], ConstantBatchTime(wl["batch_time_s"])
         )
-        progress(f"workload {name} ({i + 1}/{len(cfg['workloads'])}): {len(cfg['policies'])} policies")
+        progress(
+            f"workload {name} ({i + 1}/{len(cfg['workloads'])}): {len(cfg['policies'])} policies"
+        )
         res = compare_policies(
             law,
             system,

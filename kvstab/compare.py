@@ -158,7 +158,8 @@ class CompareResult:
             lines.append(
                 "  "
                 + "  ".join(
-                    v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))
+                    v.ljust(w) if i == 0 else v.rjust(w)
+                    for i, (v, w) in enumerate(zip(row, widths, strict=True))
                 )
             )
             if j == 0:
@@ -212,18 +213,33 @@ def plot_rows(rows, theory: dict, config: dict, path=None, *, title: str | None 
     yerr = np.vstack([np.where(ok, lam - lo, 0), np.where(ok, hi - lam, 0)])
     yerr = np.nan_to_num(np.maximum(yerr, 0))
     ax.errorbar(
-        x[ok], lam[ok], yerr=yerr[:, ok], fmt="o", color=COLORS["loaded"], capsize=4,
+        x[ok],
+        lam[ok],
+        yerr=yerr[:, ok],
+        fmt="o",
+        color=COLORS["loaded"],
+        capsize=4,
         label="λ*/μ, loaded start (95 % CI)",
     )
     ax.plot(x, emp, "o", mfc="none", color=COLORS["empty"], label="λ*/μ, empty start")
     ax.plot(x, sat, "_", ms=14, mew=2, color=COLORS["mu_sim"], label="μ_sim/μ (saturated)")
     for i, r in enumerate(rows):
         if r.get("metastable"):
-            ax.annotate("metastable", (x[i], lam[i] if ok[i] else 0.5), textcoords="offset points",
-                        xytext=(0, -16), ha="center", fontsize=7, color=COLORS["loaded"])
+            ax.annotate(
+                "metastable",
+                (x[i], lam[i] if ok[i] else 0.5),
+                textcoords="offset points",
+                xytext=(0, -16),
+                ha="center",
+                fontsize=7,
+                color=COLORS["loaded"],
+            )
     ax.axhline(1.0, color=COLORS["mu"], lw=1.2, label="μ (Theorem 4.1)")
     ax.axhline(
-        theory["mu_stable"] / mu, color=COLORS["mu_stable"], lw=1.2, ls="--",
+        theory["mu_stable"] / mu,
+        color=COLORS["mu_stable"],
+        lw=1.2,
+        ls="--",
         label="μ(1−δ)/μ (Theorem 4.2)",
     )
     ax.set_xticks(x, names, rotation=30, ha="right")
@@ -323,11 +339,7 @@ def compare_policies(
         results_path: write the results (config, seed, versions, rows so far) after every
             policy; finished policies with the same configuration are read back, not rerun.
     """
-    from kvstab import stability
-    from kvstab.sim import Outputs, Poisson, System, Workload, simulate
-
     t0 = time.perf_counter()
-    system = System() if system is None else system
     table = policy_presets(law)
     if policies is None:
         names = list(table)
@@ -347,6 +359,11 @@ def compare_policies(
     p = _check_precision(precision)
     check_number("seed", seed, low=0, integer=True)
     check_number("load_factor", load_factor, low=0, high=1, low_open=True, high_open=True)
+    # the simulator (about a second to import): after the checks of the arguments
+    from kvstab import stability
+    from kvstab.sim import Outputs, Poisson, System, Workload, simulate
+
+    system = System() if system is None else system
     M, chunk, b = stability.system_values(law, system)
     th = stability.theory(law, system)
     if isinstance(progress, Progress):

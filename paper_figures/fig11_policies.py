@@ -55,8 +55,13 @@ def draw(results: dict, out_dir) -> list:
     for i, w in enumerate(workloads):
         th = d[w]["theory"]
         ax.hlines(
-            th["mu_stable"] / th["mu"], i - 0.45, i + 0.45, colors=st.COLORS["mu_stable"],
-            linestyles="--", lw=1.2, label="μ(1−δ)/μ" if i == 0 else None,
+            th["mu_stable"] / th["mu"],
+            i - 0.45,
+            i + 0.45,
+            colors=st.COLORS["mu_stable"],
+            linestyles="--",
+            lw=1.2,
+            label="μ(1−δ)/μ" if i == 0 else None,
         )
     ax.axhline(1.0, color=st.COLORS["mu"], lw=1.2, label="μ (Theorem 4.1)")
     ax.set_xticks(x, workloads)

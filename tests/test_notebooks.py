@@ -26,6 +26,7 @@ EXPECTED = {
     "01_quickstart": [r"toy size", r"mu      = 3\.262 req/s", r"mu_sim = \d+\.\d{3} req/s"],
     "02_finding_the_boundary": [r"toy size", r"mu = \d+\.\d{3} req/s", r"lambda\*/mu = \d"],
     "03_calibrating_to_a_trace": [r"toy size", r"mu_sim = \d+\.\d{3} req/s vs fitted mu"],
+    "04_policies": [r"toy size", r"reserve-oracle", r"swap: lambda\*/mu = \d\.\d{3}"],
 }
 
 
