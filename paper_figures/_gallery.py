@@ -22,6 +22,7 @@ GALLERY = [
     "fig8_trimming",
     "fig9_stability_map",
     "fig10_routers",
+    "fig11_policies",
 ]
 MAX_WIDTH = 1000
 MAX_BYTES = 120_000
