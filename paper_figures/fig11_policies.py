@@ -35,7 +35,7 @@ def draw(results: dict, out_dir) -> list:
     x = np.arange(len(workloads))
     width = 0.8 / max(len(policies), 1)
     for j, pol in enumerate(policies):
-        lam, lo, hi, emp, pre = [], [], [], [], []
+        lam, lo, hi, emp, pre, meta = [], [], [], [], [], []
         for w in workloads:
             rows = {row["policy"]: row for row in d[w]["rows"]}
             row = rows.get(pol, {})
@@ -45,6 +45,7 @@ def draw(results: dict, out_dir) -> list:
             hi.append(st.num(row.get("ci_high")) / mu)
             emp.append(st.num(row.get("lambda_star_empty")) / mu)
             pre.append(st.num(row.get("preemptions_per_completion")))
+            meta.append(bool(row.get("metastable")))
         lam, lo, hi, emp, pre = map(np.asarray, (lam, lo, hi, emp, pre))
         xs = x - 0.4 + width * (j + 0.5)
         color = st.SEQ[j % len(st.SEQ)]
@@ -52,6 +53,16 @@ def draw(results: dict, out_dir) -> list:
         ax.errorbar(xs, lam, yerr=err, fmt="o", ms=4, color=color, capsize=3, label=pol)
         ax.plot(xs, emp, "o", ms=6, mfc="none", color=color, alpha=0.7)
         ax2.bar(xs, np.nan_to_num(pre), width=width, color=color, label=pol)
+        for k in np.flatnonzero(meta):  # the starts disagree: the boundary depends on it
+            ax.annotate(
+                "M",
+                (xs[k], lam[k]),
+                xytext=(0, -12),
+                textcoords="offset points",
+                ha="center",
+                fontsize=6.5,
+                color=color,
+            )
     for i, w in enumerate(workloads):
         th = d[w]["theory"]
         ax.hlines(
@@ -64,11 +75,12 @@ def draw(results: dict, out_dir) -> list:
             label="μ(1−δ)/μ" if i == 0 else None,
         )
     ax.axhline(1.0, color=st.COLORS["mu"], lw=1.2, label="μ (Theorem 4.1)")
-    ax.set_xticks(x, workloads)
+    labels = [w.replace("-", "-\n") for w in workloads]
+    ax.set_xticks(x, labels)
     ax.set_ylabel("λ*/μ (filled: loaded start, 95 % CI; open: empty start)")
-    ax.set_xlabel("workload")
-    ax.legend(loc="lower left", ncol=2)
-    ax2.set_xticks(x, workloads)
+    ax.set_xlabel("workload (M: metastable, the two starts disagree)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
+    ax2.set_xticks(x, labels)
     ax2.set_xlabel("workload")
     ax2.set_ylabel("preemptions per completion (saturated run)")
     ax.set_title(f"precision {cfg['precision']}; seed {cfg['seed']}", fontsize=8)
