@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="scheduling policies side by side: mu_sim, lambda*, metastability, waits",
         description="Compare named scheduling policies on one workload and system: per "
         "policy the saturated throughput mu_sim, the critical rate lambda* from a loaded and "
-        "an empty start (95%% CIs), the metastability verdict, preemptions per completion, "
+        "an empty start (95% CIs), the metastability verdict, preemptions per completion, "
         "KV in use and the p99 wait at 0.8 mu, beside the closed-form mu and mu(1-delta).",
     )
     add_workload_args(p)
