@@ -23,6 +23,8 @@ GALLERY = [
     "fig9_stability_map",
     "fig10_routers",
 ]
+# docs/figures/fig11_policies.png is drawn from the full-size run of experiments/policies.py
+# (the quick size is a smoke run whose numbers mean little), so the gallery leaves it alone.
 MAX_WIDTH = 1000
 MAX_BYTES = 120_000
 

@@ -27,6 +27,7 @@ EXPECTED = {
     "02_finding_the_boundary": [r"toy size", r"mu = \d+\.\d{3} req/s", r"lambda\*/mu = \d"],
     "03_calibrating_to_a_trace": [r"toy size", r"mu_sim = \d+\.\d{3} req/s vs fitted mu"],
     "04_sweeps": [r"toy size", r"theory: unstable", r"6 points, \d compilation"],
+    "05_policies": [r"toy size", r"reserve-oracle", r"swap: lambda\*/mu = \d\.\d{3}"],
 }
 
 

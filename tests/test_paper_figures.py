@@ -32,6 +32,7 @@ FIGURES = [
     "fig8_trimming",
     "fig9_stability_map",
     "fig10_routers",
+    "fig11_policies",
 ]
 TABLES = ["table1", "table2_trace", "table3_replicas", "table4_heavy_tail"]
 EXPERIMENTS = [
@@ -46,6 +47,7 @@ EXPERIMENTS = [
     "batch_time_figs",
     "stability_map",
     "routers",
+    "policies",
 ]
 
 
