@@ -514,6 +514,14 @@ def _records_in_seconds(state, wl, params, cfg: StaticConfig, clock_fn, T):
         src = np.asarray(state.buf_src)[:, :rr]
         stream = np.repeat(epoch, cfg.num_replicas, axis=0)
         epoch = np.where(src >= 0, np.take_along_axis(stream, np.maximum(src, 0), axis=1), np.nan)
+    prompt = np.asarray(wl.prompt)
+    output = np.asarray(wl.output)
+    if cfg.dynamic:  # the same stream indices give each record's lengths
+        s_stream = np.repeat(prompt, cfg.num_replicas, axis=0)
+        o_stream = np.repeat(output, cfg.num_replicas, axis=0)
+        idx = np.maximum(src, 0)
+        prompt = np.where(src >= 0, np.take_along_axis(s_stream, idx, axis=1), 0)
+        output = np.where(src >= 0, np.take_along_axis(o_stream, idx, axis=1), 0)
     arr = epoch[:, :rr] / lam
     if cfg.saturated:
         arr = np.zeros_like(arr)
@@ -530,6 +538,8 @@ def _records_in_seconds(state, wl, params, cfg: StaticConfig, clock_fn, T):
         "ttft_s": tok_s - arr,
         "latency_s": fin_s - arr,
         "preemptions": rec["num_preempted"],
+        "prompt_tokens": prompt[:, :rr].astype(np.int64),
+        "output_tokens": output[:, :rr].astype(np.int64),
         "first_admit_step": rec["first_admit_step"],
         "first_token_step": tok,
         "finish_step": fin,
