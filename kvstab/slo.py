@@ -370,7 +370,8 @@ def size_for_slo(
     without bound) and adds one replica at a time until the SLO is *met* (its intervals
     below the thresholds), up to ``max_replicas`` (default max(2·⌈λ/(ρμ)⌉, ⌈λ/μ⌉ + 4)).
     The answer G is confirmed by the run at G − 1 (missed or inconclusive: not met) unless
-    G − 1 is below the closed form's stability bound.
+    G − 1 is below the closed form's stability bound. ``progress``: G -> a
+    ``progress(done, total, attempt)`` callback for that G's simulate call (or None).
 
     Returns:
         dict with ``replicas`` (None when unreachable), ``closed_form_replicas`` (⌈λ/μ⌉),
@@ -391,12 +392,13 @@ def size_for_slo(
         rate_per_s=rate_per_s, router=router, kv_capacity_tokens=kv_capacity_tokens,
         chunk_tokens=chunk_tokens, batch_time_s=batch_time_s,
         num_trajectories=num_trajectories, num_steps=num_steps, seed=seed,
-        cooldown_frac=cooldown_frac, warmup_frac=warmup_frac, progress=progress,
+        cooldown_frac=cooldown_frac, warmup_frac=warmup_frac,
     )  # fmt: skip
     checks: dict[int, dict] = {}
 
     def run(g):
         if g not in checks:
+            kw["progress"] = None if progress is None else progress(g)
             checks[g] = simulate_cluster_check(slo, law, num_replicas=g, **kw)
         return checks[g]
 

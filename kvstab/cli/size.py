@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         cooldown_frac=args.cooldown,
         warmup_frac=args.warmup,
-        progress=progress.sim(),
+        progress=lambda g: progress.sim(f"G = {g}"),
     )
     progress.close()
     config = {
