@@ -233,6 +233,4 @@ def _weighted_quantile(v_sorted: np.ndarray, weights: np.ndarray, q: float) -> n
 
 def summary(lat: Latencies, *, quantiles=tuple(QUANTILES), **kw) -> dict:
     """{metric: {quantile: Percentile.to_dict()}} for every metric."""
-    return {
-        m: {qn: percentile(lat, m, qn, **kw).to_dict() for qn in quantiles} for m in METRICS
-    }
+    return {m: {qn: percentile(lat, m, qn, **kw).to_dict() for qn in quantiles} for m in METRICS}

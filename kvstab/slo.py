@@ -121,13 +121,9 @@ def parse_slo(text: str) -> Slo:
             raise InputError(FIELD, f"cannot read {part.strip()!r}; give {_FORMS}")
         metric, q = m["metric"].lower(), m["q"].lower()
         if metric not in latency.METRICS:
-            raise InputError(
-                FIELD, f"unknown metric {metric!r} in {part.strip()!r}; give {_FORMS}"
-            )
+            raise InputError(FIELD, f"unknown metric {metric!r} in {part.strip()!r}; give {_FORMS}")
         if q not in latency.QUANTILES:
-            raise InputError(
-                FIELD, f"unknown quantile {q!r} in {part.strip()!r}; give {_FORMS}"
-            )
+            raise InputError(FIELD, f"unknown quantile {q!r} in {part.strip()!r}; give {_FORMS}")
         value = float(m["value"]) * (1e-3 if (m["unit"] or "s").lower() == "ms" else 1.0)
         if not value > 0 or not math.isfinite(value):
             raise InputError(FIELD, f"the threshold in {part.strip()!r} must be > 0")
@@ -175,11 +171,11 @@ def _crossing(rates, checks):
     ratio = np.array([c["worst_ratio"] for c in checks])
     verdict = [c["verdict"] for c in checks]
     low = math.nan
-    for r, v in zip(rates, verdict):
+    for r, v in zip(rates, verdict, strict=True):
         if v != MET:
             break
         low = float(r)
-    missed = [float(r) for r, v in zip(rates, verdict) if v == MISSED]
+    missed = [float(r) for r, v in zip(rates, verdict, strict=True) if v == MISSED]
     high = min(missed) if missed else math.nan
     above = np.flatnonzero(~(ratio <= 1.0))  # nan/inf count as above
     if above.size == 0:
@@ -256,7 +252,7 @@ def goodput(
             fine = np.linspace(a, b, int(refine_points) + 2)[1:-1]
             _, fchecks = _sweep(kw, law, fine, reps, seed + 1, cooldown_frac, slo)
             rows += _grid_rows(fine, fchecks, "fine")
-            both = sorted(zip(np.r_[grid, fine], checks + fchecks), key=lambda x: x[0])
+            both = sorted(zip(np.r_[grid, fine], checks + fchecks, strict=True), key=lambda x: x[0])
             est, low, high = _crossing(np.array([r for r, _ in both]), [c for _, c in both])
     if not np.isfinite(est):
         note = f"the SLO is not met even at the smallest rate tried ({grid[0]:.4g} req/s)"
@@ -291,7 +287,7 @@ def _grid_rows(rates, checks, stage):
                 o["objective"]: [o["estimate"], o["low"], o["high"]] for o in c["objectives"]
             },
         }
-        for r, c in zip(rates, checks)
+        for r, c in zip(rates, checks, strict=True)
     ]
 
 
@@ -363,6 +359,8 @@ def size_for_slo(
     cooldown_frac: float = 0.25,
     warmup_frac: float = 0.25,
     progress: Callable | None = None,
+    done: dict | None = None,
+    on_check: Callable | None = None,
 ) -> dict:
     """The fewest replicas G meeting ``slo`` at total rate λ under ``router``.
 
@@ -372,6 +370,8 @@ def size_for_slo(
     The answer G is confirmed by the run at G − 1 (missed or inconclusive: not met) unless
     G − 1 is below the closed form's stability bound. ``progress``: G -> a
     ``progress(done, total, attempt)`` callback for that G's simulate call (or None).
+    ``done``: {G: check} of an earlier run with the same arguments (resuming: those G are
+    not simulated again); ``on_check(G, check)`` is called after each new G.
 
     Returns:
         dict with ``replicas`` (None when unreachable), ``closed_form_replicas`` (⌈λ/μ⌉),
@@ -394,12 +394,14 @@ def size_for_slo(
         num_trajectories=num_trajectories, num_steps=num_steps, seed=seed,
         cooldown_frac=cooldown_frac, warmup_frac=warmup_frac,
     )  # fmt: skip
-    checks: dict[int, dict] = {}
+    checks: dict[int, dict] = {int(g): c for g, c in (done or {}).items()}
 
     def run(g):
         if g not in checks:
             kw["progress"] = None if progress is None else progress(g)
             checks[g] = simulate_cluster_check(slo, law, num_replicas=g, **kw)
+            if on_check is not None:
+                on_check(g, checks[g])
         return checks[g]
 
     found = None
@@ -414,17 +416,18 @@ def size_for_slo(
             while found > 1 and run(found - 1)["verdict"] == MET:
                 found -= 1
             confirm = run(found - 1)["verdict"] if found > 1 else None
-    best_g = min(checks, key=lambda g: (checks[g]["verdict"] != MET, checks[g]["worst_ratio"]))
+    best_g = min(
+        checks, key=lambda g: (checks[g]["verdict"] != MET, _num(checks[g]["worst_ratio"]))
+    )
     if found is not None:
-        message = (
-            f"{found} replica(s) meet {slo} at {rate_per_s:g} req/s"
-            + (f"; {found - 1} do not ({confirm})" if confirm else "")
+        message = f"{found} replica(s) meet {slo} at {rate_per_s:g} req/s" + (
+            f"; {found - 1} do not ({confirm})" if confirm else ""
         )
     else:
         message = (
             f"unreachable: no G up to {limit} meets {slo}; best G = {best_g} "
             f"({checks[best_g]['verdict']}, worst estimate/threshold = "
-            f"{checks[best_g]['worst_ratio']:.3g})"
+            f"{_num(checks[best_g]['worst_ratio']):.3g})"
         )
     return {
         "slo": str(slo),
@@ -442,3 +445,8 @@ def size_for_slo(
         "ci_method": latency.CI_METHOD,
         "message": message,
     }
+
+
+def _num(x) -> float:
+    """A number read back from JSON (None stands for inf / nan there)."""
+    return math.inf if x is None else float(x)

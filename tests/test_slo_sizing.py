@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from kvstab import analytic
@@ -23,6 +22,7 @@ LAW = Independent(parse_law("uniform:10:1600", "prompt"), parse_law("uniform:10:
 M, B = 12800, 0.0372
 RUN = dict(num_steps=4096)
 SLO = parse_slo("ttft_p99<=2s")
+SIZING_SLO = parse_slo("ttft_p99<=3s")
 
 
 def test_goodput_below_mu():
@@ -40,22 +40,25 @@ def _independent(g: int, rate: float, seed: int) -> str:
     res = simulate(
         Workload(LAW, Poisson(rate)),
         System(M, 512, ConstantBatchTime(B)),
-        num_trajectories=16,
+        num_trajectories=48,
         seed=seed,
         cluster=Cluster(g),
         outputs=Outputs(num_records=1 << 20),
         **RUN,
     )
-    return SLO.check(res)["verdict"]
+    return SIZING_SLO.check(res)["verdict"]
 
 
 def test_sizing_confirmed_by_independent_runs():
     mu = float(analytic.mu_for(LAW, M, B, 512))
-    rate = 2.0 * mu
-    r = size_for_slo(SLO, LAW, rate_per_s=rate, kv_capacity_tokens=M, batch_time_s=B,
-                     num_trajectories=16, seed=0, **RUN)  # fmt: skip
+    rate = 3.0 * mu  # G = 3 is the stability bound; the SLO needs more
+    # p99 TTFT is about 1.5 s at G = 6 and 6 s at G = 5 (runs of 48 trajectories): a
+    # threshold between them, so that one answer is right; the confirming runs are larger
+    # (48 trajectories), so that their intervals decide
+    r = size_for_slo(SIZING_SLO, LAW, rate_per_s=rate, kv_capacity_tokens=M, batch_time_s=B,
+                     num_trajectories=24, seed=0, **RUN)  # fmt: skip
     g = r["replicas"]
-    assert g is not None and g >= r["closed_form_replicas"] == 2
+    assert g is not None and g > r["closed_form_replicas"] == 3
     assert r["replicas_minus_one_verdict"] in ("missed", "inconclusive")
     # new seeds: the answer holds up in runs that did not choose it
     assert _independent(g, rate, seed=11) == MET
@@ -65,7 +68,7 @@ def test_sizing_confirmed_by_independent_runs():
 def test_unreachable_slo_says_so(capsys):
     # a TPOT below one batch time cannot be met by any number of replicas
     code = main(["size", "--rate", "0.3", "--slo", "tpot_p50<=10ms", "--kv-tokens", str(M),
-                 "--max-replicas", "2", "--steps", "1024", "--trajectories", "4", "--quiet",
+                 "--max-replicas", "2", "--steps", "2048", "--trajectories", "4", "--quiet",
                  "--json"])  # fmt: skip
     assert code == 0
     out = json.loads(capsys.readouterr().out)
@@ -73,5 +76,7 @@ def test_unreachable_slo_says_so(capsys):
     assert out["message"].startswith("unreachable: no G up to 2 meets tpot_p50<=0.01s")
     assert out["best"]["verdict"] == MISSED
     assert [c["num_replicas"] for c in out["checks"]] == [1, 2]
-    assert np.all([c["objectives"][0]["estimate"] >= B for c in out["checks"]])
+    # JSON writes an infinite estimate (requests unfinished at the end) as null
+    est = [c["objectives"][0]["estimate"] for c in out["checks"]]
+    assert all(e is None or e >= B for e in est)
     assert out["config"]["seed"] == 0

@@ -19,7 +19,7 @@ from kvstab.cli.common import (
 )
 from kvstab.errors import InputError
 from kvstab.progress import Progress
-from kvstab.results import to_jsonable, write_json
+from kvstab.results import read_json, to_jsonable, write_json
 
 _FLAGS = {
     "slo": "--slo",
@@ -75,8 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--steps", type=parse_int, default=4096, help="batch steps per trajectory")
     r.add_argument("--trajectories", type=parse_int, default=16)
     r.add_argument("--seed", type=parse_int, default=0)
-    r.add_argument("--warmup", type=parse_float, default=0.25, metavar="FRAC",
-                   help="fraction of the run before requests are counted (default 0.25)")
+    r.add_argument(
+        "--warmup",
+        type=parse_float,
+        default=0.25,
+        metavar="FRAC",
+        help="fraction of the run before requests are counted (default 0.25)",
+    )
     r.add_argument("--cooldown", type=parse_float, default=0.25, metavar="FRAC",
                    help="fraction of the counted part, at its end, whose arrivals are not "
                    "counted, so that they can finish (default 0.25)")  # fmt: skip
@@ -86,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @flag_names(_FLAGS)
 def run(args: argparse.Namespace) -> int:
-    from kvstab.slo import parse_slo, size_for_slo
+    from kvstab.slo import _num, parse_slo, size_for_slo
 
     slo = parse_slo(args.slo)  # first: a bad --slo fails before any work
     analytic.validate_system(args.kv_tokens, args.chunk, args.batch_time)
@@ -101,7 +106,34 @@ def run(args: argparse.Namespace) -> int:
     joint = workload_from_args(args)
     check_fits_memory(joint, args.kv_tokens)
     check_writable("out", args.out)
+    config = {
+        "slo": str(slo),
+        "rate_per_s": args.rate,
+        "router": args.router,
+        "workload": joint.spec,
+        "kv_capacity_tokens": args.kv_tokens,
+        "chunk_tokens": args.chunk,
+        "batch_time_s": args.batch_time,
+        "steps": args.steps,
+        "trajectories": args.trajectories,
+        "seed": args.seed,
+        "warmup_frac": args.warmup,
+        "cooldown_frac": args.cooldown,
+    }
+    # resumable: an --out file of the same configuration keeps the replica counts it checked
+    done = {}
+    old = read_json(args.out, missing_ok=True) if args.out else None
+    if old and old.get("kind") == "size" and old.get("config") == to_jsonable(config):
+        done = {int(g): c for g, c in old.get("checks", {}).items()}
+
+    def save(g, check):
+        if args.out:
+            done[g] = check
+            write_json(args.out, {"kind": "size", "config": config, "checks": done})
+
     progress = Progress("kvstab size", quiet=args.quiet)
+    if done:
+        progress.say(f"resuming from {args.out}: G = {', '.join(map(str, sorted(done)))} done")
     report = size_for_slo(
         slo,
         joint,
@@ -118,21 +150,14 @@ def run(args: argparse.Namespace) -> int:
         cooldown_frac=args.cooldown,
         warmup_frac=args.warmup,
         progress=lambda g: progress.sim(f"G = {g}"),
+        done=dict(done),
+        on_check=save,
     )
     progress.close()
-    config = {
-        "workload": joint.spec,
-        "kv_capacity_tokens": args.kv_tokens,
-        "chunk_tokens": args.chunk,
-        "batch_time_s": args.batch_time,
-        "steps": args.steps,
-        "trajectories": args.trajectories,
-        "seed": args.seed,
-        "warmup_frac": args.warmup,
-        "cooldown_frac": args.cooldown,
-    }
     if args.out:
-        write_json(args.out, {"kind": "size", "report": report, "config": config})
+        checks = {c["num_replicas"]: c for c in report["checks"]}
+        write_json(args.out, {"kind": "size", "config": config, "checks": checks,
+                              "report": report})  # fmt: skip
     if args.json:
         print(json.dumps(to_jsonable({**report, "config": config}), indent=2))
         return 0
@@ -151,8 +176,8 @@ def run(args: argparse.Namespace) -> int:
           f"(rho = {r['utilization']:g})")  # fmt: skip
     for c in r["checks"]:
         parts = [
-            f"{o['metric']}_{o['quantile']} {o['estimate']:.3g} s "
-            f"(95% CI {o['low']:.3g} .. {o['high']:.3g})"
+            f"{o['metric']}_{o['quantile']} {_num(o['estimate']):.3g} s "
+            f"(95% CI {_num(o['low']):.3g} .. {_num(o['high']):.3g})"
             for o in c["objectives"]
         ]
         flags = f"  FLAGS {', '.join(c['flags'])}" if c["flags"] else ""
@@ -161,8 +186,11 @@ def run(args: argparse.Namespace) -> int:
         extra = r["replicas"] - r["closed_form_replicas"]
         print(
             f"  answer       {r['replicas']} replica(s)"
-            + (f"; {r['replicas'] - 1} do not meet it ({r['replicas_minus_one_verdict']})"
-               if r["replicas_minus_one_verdict"] else "")  # fmt: skip
+            + (
+                f"; {r['replicas'] - 1} do not meet it ({r['replicas_minus_one_verdict']})"
+                if r["replicas_minus_one_verdict"]
+                else ""
+            )  # fmt: skip
             + f"; the SLO costs {extra} replica(s) over ceil(lambda/mu)"
         )
     else:
