@@ -225,6 +225,7 @@ def goodput(
     for f, v, lo in (("num_points", num_points, 2), ("refine_points", refine_points, 0),
                      ("reps", reps, 2), ("num_steps", num_steps, 1)):  # fmt: skip
         check_number(f, v, low=lo, integer=True)
+    check_number("cooldown_frac", cooldown_frac, low=0, high=1, high_open=True)
     mu = float(analytic.mu_for(law, kv_capacity_tokens, batch_time_s, chunk_tokens))
     grid = (
         np.linspace(0.2 * mu, 1.1 * mu, int(num_points))
@@ -383,6 +384,7 @@ def size_for_slo(
     slo = as_slo(slo)
     check_number("rate_per_s", rate_per_s, low=0, low_open=True)
     check_number("utilization", utilization, low=0, high=1, low_open=True)
+    check_number("cooldown_frac", cooldown_frac, low=0, high=1, high_open=True)
     mu = float(analytic.mu_for(law, kv_capacity_tokens, batch_time_s, chunk_tokens))
     g_mu = analytic.gpus_needed(rate_per_s, mu, 1.0)
     g_rho = analytic.gpus_needed(rate_per_s, mu, utilization)

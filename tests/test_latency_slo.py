@@ -164,9 +164,11 @@ def test_cli_size_bad_slo(capsys):
         assert len(err.splitlines()) == 1
 
 
-def test_cli_size_bad_rate(capsys):
+def test_cli_size_bad_numbers(capsys):
     assert main(["size", "--rate", "0", "--slo", "ttft_p99<=2s", "--quiet"]) == 2
     assert "--rate" in capsys.readouterr().err
+    assert main(["size", "--rate", "1", "--slo", "ttft_p99<=2s", "--cooldown", "1"]) == 2
+    assert "kvstab size: error: --cooldown: must be a number in [0, 1)" in capsys.readouterr().err
 
 
 def test_cli_size_resumes_from_out_file(tmp_path, capsys, no_recompile):
