@@ -89,6 +89,7 @@ def request_latencies(
     records: dict,
     clock_s: np.ndarray,
     *,
+    output_tokens: np.ndarray,
     num_replicas: int = 1,
     warmup_blocks: int = 0,
     cooldown_frac: float = 0.25,
@@ -96,8 +97,9 @@ def request_latencies(
     """Latencies per request from a run's records (see the module docstring).
 
     Args:
-        records: :attr:`SimResult.records` ((traj·replica, req) arrays in seconds, with
-            ``output_tokens``).
+        records: :attr:`SimResult.records` ((traj·replica, req) arrays in seconds).
+        output_tokens: o of each recorded request, same shape
+            (``SimResult.request_lengths["output_tokens"]``).
         clock_s: (traj, block) clock at block ends (:attr:`SimResult.clock_s`).
         num_replicas: G; record rows are ordered (traj, replica) and a trajectory's replicas
             are pooled.
@@ -121,7 +123,7 @@ def request_latencies(
 
     arr = per_traj(records["arrival_s"]).astype(np.float64)
     inside = np.isfinite(arr) & (arr >= t0[:, None]) & (arr < t1[:, None])
-    o = per_traj(records["output_tokens"])
+    o = per_traj(output_tokens)
 
     def since(event, start):
         v = np.where(np.isfinite(event), event - start, np.inf)  # not by the end: censored
@@ -145,9 +147,12 @@ def request_latencies(
 
 def latencies_of(result, *, cooldown_frac: float = 0.25) -> Latencies:
     """:func:`request_latencies` of a :class:`kvstab.sim.SimResult`."""
+    if result.records is None or result.request_lengths is None:
+        raise InputError("records", "the run kept no per-request records; give num_records > 0")
     return request_latencies(
         result.records,
         result.clock_s,
+        output_tokens=result.request_lengths["output_tokens"],
         num_replicas=int(result.config["num_replicas"]),
         warmup_blocks=result.warmup_blocks,
         cooldown_frac=cooldown_frac,

@@ -55,8 +55,8 @@ def test_percentiles_agree_with_reference_records():
         outputs=Outputs(num_records=R),
     )
     ref = reference.simulate(arr, s, o, system=system, num_steps=T, stream_ends=True)
-    np.testing.assert_array_equal(res.records["output_tokens"][0], o)  # TPOT's o
-    np.testing.assert_array_equal(res.records["prompt_tokens"][0], s)
+    np.testing.assert_array_equal(res.request_lengths["output_tokens"][0], o)  # TPOT's o
+    np.testing.assert_array_equal(res.request_lengths["prompt_tokens"][0], s)
     lat = latency.latencies_of(res)
     window = lat.window_s[0]
     assert 0 < window[0] < window[1] < res.clock_s[0, -1]

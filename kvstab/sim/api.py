@@ -69,6 +69,8 @@ class SimResult:
         steps: per-step arrays when requested.
         warmup_blocks: leading blocks excluded from steady-state statistics.
         wall_s: seconds spent simulating (all attempts), compile included.
+        request_lengths: ``prompt_tokens`` and ``output_tokens`` of the recorded requests,
+            shaped like ``records`` (TPOT needs o; :mod:`kvstab.latency`).
     """
 
     config: dict
@@ -87,6 +89,7 @@ class SimResult:
     warmup_blocks: int
     wall_s: float
     attempts: int = 1
+    request_lengths: dict | None = None
 
     @property
     def num_trajectories(self) -> int:
@@ -389,11 +392,12 @@ def simulate(
     per_traj = lambda x: x.reshape(n, g, -1)  # noqa: E731
     summed = lambda name: per_traj(cat(name)).sum(axis=1)  # noqa: E731
     clock = per_traj(cat("clock_s"))[:, 0, :]
-    records = None
+    records = lengths = None
     if cfg.num_records:
         records = _records_in_seconds(
             state, wl, params, cfg, clock_fn=None if not need_clock else steps, T=T
         )
+        lengths = _record_lengths(state, wl, cfg)
     step_arrays = None
     if outputs.record_steps:
         step_arrays = {
@@ -451,6 +455,7 @@ def simulate(
         warmup_blocks=warmup_blocks(nb, warmup_frac),
         wall_s=time.perf_counter() - wall0,
         attempts=attempt,
+        request_lengths=lengths,
     )
 
 
@@ -492,6 +497,26 @@ def step_records(state, num_records: int, num_steps: int) -> dict:
     }
 
 
+def _record_lengths(state, wl, cfg: StaticConfig) -> dict:
+    """Prompt and output lengths of the recorded requests, (traj·replica, req); 0 where a
+    dynamic router's replica buffer slot was never filled."""
+    rr = cfg.num_records
+    prompt, output = np.asarray(wl.prompt), np.asarray(wl.output)
+    if cfg.dynamic:  # replica buffers hold stream indices; a trajectory's G rows share one
+        src = np.asarray(state.buf_src)[:, :rr]
+        idx = np.maximum(src, 0)
+
+        def lookup(x):
+            stream = np.repeat(x, cfg.num_replicas, axis=0)
+            return np.where(src >= 0, np.take_along_axis(stream, idx, axis=1), 0)
+
+        prompt, output = lookup(prompt), lookup(output)
+    return {
+        "prompt_tokens": prompt[:, :rr].astype(np.int64),
+        "output_tokens": output[:, :rr].astype(np.int64),
+    }
+
+
 def _records_in_seconds(state, wl, params, cfg: StaticConfig, clock_fn, T):
     """Per-request step records -> seconds (nan where an event did not happen)."""
     rr = cfg.num_records
@@ -514,14 +539,6 @@ def _records_in_seconds(state, wl, params, cfg: StaticConfig, clock_fn, T):
         src = np.asarray(state.buf_src)[:, :rr]
         stream = np.repeat(epoch, cfg.num_replicas, axis=0)
         epoch = np.where(src >= 0, np.take_along_axis(stream, np.maximum(src, 0), axis=1), np.nan)
-    prompt = np.asarray(wl.prompt)
-    output = np.asarray(wl.output)
-    if cfg.dynamic:  # the same stream indices give each record's lengths
-        s_stream = np.repeat(prompt, cfg.num_replicas, axis=0)
-        o_stream = np.repeat(output, cfg.num_replicas, axis=0)
-        idx = np.maximum(src, 0)
-        prompt = np.where(src >= 0, np.take_along_axis(s_stream, idx, axis=1), 0)
-        output = np.where(src >= 0, np.take_along_axis(o_stream, idx, axis=1), 0)
     arr = epoch[:, :rr] / lam
     if cfg.saturated:
         arr = np.zeros_like(arr)
@@ -538,8 +555,6 @@ def _records_in_seconds(state, wl, params, cfg: StaticConfig, clock_fn, T):
         "ttft_s": tok_s - arr,
         "latency_s": fin_s - arr,
         "preemptions": rec["num_preempted"],
-        "prompt_tokens": prompt[:, :rr].astype(np.int64),
-        "output_tokens": output[:, :rr].astype(np.int64),
         "first_admit_step": rec["first_admit_step"],
         "first_token_step": tok,
         "finish_step": fin,
