@@ -12,7 +12,8 @@ Which requests count: those arriving in the measurement window [end of warm-up, 
 cool-down). A request of the window whose event did not happen by the end of the run is
 *censored*: its value is only known to exceed the time left, and it counts as +inf (it
 exceeds every threshold). With a cool-down at least as long as a threshold this is exact for
-wait/TTFT/e2e; it is conservative for TPOT.
+wait/TTFT/e2e. TPOT counts finished requests only (an unfinished request's decode rate is
+unknown); how many were left out is noted.
 
 Percentile and interval: the point estimate is the percentile of all the window's requests
 pooled over trajectories (the ``inverted_cdf`` order statistic). Requests of one trajectory
@@ -50,12 +51,13 @@ class Latencies:
     """Per-request latencies of one run, (traj, req) per metric, seconds.
 
     ``values[m]`` holds +inf for censored requests and nan for requests outside the window
-    (or, for tpot, with o = 1). ``window_s`` is (traj, 2): each trajectory's measurement
-    window.
+    (for tpot also with o = 1, or unfinished: ``left_out["tpot"]`` counts those per
+    trajectory). ``window_s`` is (traj, 2): each trajectory's measurement window.
     """
 
     values: dict
     window_s: np.ndarray
+    left_out: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_trajectories(self) -> int:
@@ -64,7 +66,11 @@ class Latencies:
     def select(self, rows) -> Latencies:
         """The latencies of a subset of trajectories (e.g. one λ of a sweep)."""
         rows = np.asarray(rows)
-        return Latencies({k: v[rows] for k, v in self.values.items()}, self.window_s[rows])
+        return Latencies(
+            {k: v[rows] for k, v in self.values.items()},
+            self.window_s[rows],
+            {k: v[rows] for k, v in self.left_out.items()},
+        )
 
 
 @dataclasses.dataclass
@@ -131,18 +137,17 @@ def request_latencies(
 
     first = per_traj(records["first_token_s"])
     fin = per_traj(records["finish_s"])
-    tpot = np.where(
-        np.isfinite(fin),
-        (fin - np.where(np.isfinite(first), first, np.nan)) / np.maximum(o - 1, 1),
-        np.inf,
-    )
+    # TPOT of an unfinished request is not counted (its decode rate is unknown: +inf would
+    # call every long request of a short run slow); the count left out is kept for a note
+    tpot = (fin - first) / np.maximum(o - 1, 1)  # nan where it did not finish
     values = {
         "wait": since(per_traj(records["first_admit_s"]), arr),
         "ttft": since(first, arr),
         "tpot": np.where(inside & (o > 1), tpot, np.nan),
         "e2e": since(fin, arr),
     }
-    return Latencies(values, np.stack([t0, t1], axis=1))
+    left_out = {"tpot": (inside & (o > 1) & ~np.isfinite(fin)).sum(axis=1)}
+    return Latencies(values, np.stack([t0, t1], axis=1), left_out)
 
 
 def latencies_of(result, *, cooldown_frac: float = 0.25) -> Latencies:
@@ -223,6 +228,12 @@ def percentile(
     censored = int(np.isinf(v).sum())
     if censored:
         notes.append(f"{censored} request(s) unfinished at the end of the run count as +inf")
+    left = int(np.sum(lat.left_out.get(metric, 0)))
+    if left:
+        notes.append(
+            f"{left} request(s) of the window unfinished at the end of the run are left out "
+            f"({100 * left / (left + total):.0f} %)"
+        )
     return Percentile(metric, quantile, float(est), float(lo), float(hi), total, censored, n,
                       notes)  # fmt: skip
 
