@@ -418,8 +418,10 @@ def size_for_slo(
             while found > 1 and run(found - 1)["verdict"] == MET:
                 found -= 1
             confirm = run(found - 1)["verdict"] if found > 1 else None
+    # best: met first, then the smallest worst ratio; ties (e.g. all infinite) go to more G
     best_g = min(
-        checks, key=lambda g: (checks[g]["verdict"] != MET, _num(checks[g]["worst_ratio"]))
+        checks,
+        key=lambda g: (checks[g]["verdict"] != MET, _num(checks[g]["worst_ratio"]), -g),
     )
     if found is not None:
         message = f"{found} replica(s) meet {slo} at {rate_per_s:g} req/s" + (
