@@ -70,6 +70,8 @@ class SimResult:
         steps: per-step arrays when requested.
         warmup_blocks: leading blocks excluded from steady-state statistics.
         wall_s: seconds spent simulating (all attempts), compile included.
+        request_lengths: ``prompt_tokens`` and ``output_tokens`` of the recorded requests,
+            shaped like ``records`` (TPOT needs o; :mod:`kvstab.latency`).
     """
 
     config: dict
@@ -88,6 +90,7 @@ class SimResult:
     warmup_blocks: int
     wall_s: float
     attempts: int = 1
+    request_lengths: dict | None = None
 
     @property
     def num_trajectories(self) -> int:
@@ -440,11 +443,12 @@ def simulate(
     per_traj = lambda x: x.reshape(n, g, -1)  # noqa: E731
     summed = lambda name: per_traj(cat(name)).sum(axis=1)  # noqa: E731
     clock = per_traj(cat("clock_s"))[:, 0, :]
-    records = None
+    records = lengths = None
     if cfg.num_records:
         records = _records_in_seconds(
             state, wl, params, cfg, clock_fn=None if not need_clock else steps, T=T
         )
+        lengths = _record_lengths(state, wl, cfg)
     step_arrays = None
     if outputs.record_steps:
         step_arrays = {
@@ -502,6 +506,7 @@ def simulate(
         warmup_blocks=warmup_blocks(nb, warmup_frac),
         wall_s=time.perf_counter() - wall0,
         attempts=attempt,
+        request_lengths=lengths,
     )
 
 
@@ -540,6 +545,26 @@ def step_records(state, num_records: int, num_steps: int) -> dict:
         ),
         "finish_step": np.where((finish >= 0) & (finish <= last), finish, -1),
         "num_preempted": rec[..., REC_NPRE],
+    }
+
+
+def _record_lengths(state, wl, cfg: StaticConfig) -> dict:
+    """Prompt and output lengths of the recorded requests, (traj·replica, req); 0 where a
+    dynamic router's replica buffer slot was never filled."""
+    rr = cfg.num_records
+    prompt, output = np.asarray(wl.prompt), np.asarray(wl.output)
+    if cfg.dynamic:  # replica buffers hold stream indices; a trajectory's G rows share one
+        src = np.asarray(state.buf_src)[:, :rr]
+        idx = np.maximum(src, 0)
+
+        def lookup(x):
+            stream = np.repeat(x, cfg.num_replicas, axis=0)
+            return np.where(src >= 0, np.take_along_axis(stream, idx, axis=1), 0)
+
+        prompt, output = lookup(prompt), lookup(output)
+    return {
+        "prompt_tokens": prompt[:, :rr].astype(np.int64),
+        "output_tokens": output[:, :rr].astype(np.int64),
     }
 
 
