@@ -56,7 +56,12 @@ def _check(policy, seed, **kw):
     return ref
 
 
-@pytest.mark.parametrize("name", list(NEW))
+DEFAULT_RUN = ("largest_kv-swap", "conservative")  # the others: the slow pass
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in DEFAULT_RUN else pytest.param(n, marks=pytest.mark.slow) for n in NEW]
+)
 def test_new_policies_match_reference(name):
     ref = _check(NEW[name], seed=0)
     if NEW[name].admission.can_overflow:

@@ -42,6 +42,7 @@ BASE = {
     "boundary": [*SMALL, "--precision", "fast", "--quiet"],
     "fit": ["--quiet", "--steps", "5", "--no-mmpp"],  # + --trace FILE (fixture)
     "reproduce": ["--no-draw", "--only", "no_such_name_checked_later"],
+    "size": [*SMALL, "--rate", "1", "--slo", "ttft_p99<=2s", "--steps", "256", "--quiet"],
     "compare": [*SMALL, "--precision", "tiny", "--policies", "vllm", "--quiet"],
     "sweep": ["--rate-fraction", "0.5", "--replications", "2", "--steps", "64", "--quiet"],
 }
