@@ -1,7 +1,8 @@
 """The ``kvstab`` command line: ``main`` and the parser.
 
 One module per subcommand (:mod:`~kvstab.cli.capacity`, :mod:`~kvstab.cli.simulate`,
-:mod:`~kvstab.cli.boundary`, :mod:`~kvstab.cli.fit`, :mod:`~kvstab.cli.reproduce`), each with
+:mod:`~kvstab.cli.boundary`, :mod:`~kvstab.cli.fit`, :mod:`~kvstab.cli.reproduce`,
+:mod:`~kvstab.cli.report`), each with
 ``register(subparsers)``; the flags they share are defined once in :mod:`kvstab.cli.common`.
 Bad input exits with status 2 and one line naming the flag and the allowed range, never a
 traceback.
@@ -15,10 +16,10 @@ import sys
 from collections.abc import Sequence
 
 from kvstab import __version__
-from kvstab.cli import boundary, capacity, fit, reproduce, simulate
+from kvstab.cli import boundary, capacity, fit, report, reproduce, simulate
 from kvstab.errors import InputError
 
-COMMANDS = (capacity, simulate, boundary, fit, reproduce)
+COMMANDS = (report, capacity, simulate, boundary, fit, reproduce)
 
 # Python field names -> command-line flags, so API errors read the same on the command line.
 FLAG_FOR = {
