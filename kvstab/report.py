@@ -166,11 +166,12 @@ def lambda_star_phrase(rate_per_s: float, lam: float, lo: float, hi: float) -> s
     """Where λ lies relative to the simulated λ* and its CI, in words."""
     if not math.isfinite(lam):
         return "the simulated lambda* could not be estimated at this size"
+    at = f"lambda = {rate_per_s:g} req/s is"
     if rate_per_s < lo:
-        return f"lambda = {rate_per_s:g} req/s is below the simulated lambda*: stable in simulation"
+        return f"{at} below the simulated lambda*: stable in simulation"
     if rate_per_s > hi:
-        return f"lambda = {rate_per_s:g} req/s is above the simulated lambda*: unstable in simulation"
-    return f"lambda = {rate_per_s:g} req/s is within the CI of the simulated lambda*: too close to call"
+        return f"{at} above the simulated lambda*: unstable in simulation"
+    return f"{at} within the CI of the simulated lambda*: too close to call"
 
 
 def report_text(r: Report) -> str:
@@ -207,7 +208,8 @@ def report_text(r: Report) -> str:
             f"{cfg['boundary']['num_steps']} steps; {b.wall_s:.1f} s)",
             f"  lambda*      {b.lambda_star:.4g} req/s (95% CI {b.ci_low:.4g} .. "
             f"{b.ci_high:.4g}); mu_sim = {b.mu_sim:.4g} req/s saturated",
-            f"  so           {lambda_star_phrase(cfg['rate_per_s'], b.lambda_star, b.ci_low, b.ci_high)}",
+            "  so           "
+            + lambda_star_phrase(cfg["rate_per_s"], b.lambda_star, b.ci_low, b.ci_high),
         ]
     lines.append("verdict")
     lines.append(f"  {r.verdict}")
@@ -312,8 +314,10 @@ def report(
     check_number("trajectories", trajectories, low=2, integer=True)
     check_number("steps", steps, low=256, integer=True)
     check_number("seed", seed, low=0, integer=True)
-    for name, v in (("boundary_grid_points", boundary_grid_points),
-                    ("boundary_replications", boundary_replications)):  # fmt: skip
+    for name, v in (
+        ("boundary_grid_points", boundary_grid_points),
+        ("boundary_replications", boundary_replications),
+    ):
         check_number(name, v, low=2, integer=True)
     check_number("boundary_steps", boundary_steps, low=100, integer=True)
     cap = analytic.capacity(
@@ -328,7 +332,9 @@ def report(
 
     say(f"simulating {trajectories} trajectories x {steps} steps at {rate_per_s:g} req/s")
     horizon_s = steps * batch_time_s
-    num_records = int(math.ceil(rate_per_s * horizon_s * 1.1 + 10 * math.sqrt(rate_per_s * horizon_s) + 16))
+    num_records = int(
+        math.ceil(rate_per_s * horizon_s * 1.1 + 10 * math.sqrt(rate_per_s * horizon_s) + 16)
+    )
     res = simulate(
         Workload(workload, Poisson(rate_per_s)),
         system,
@@ -413,10 +419,10 @@ def report(
 
 def plot_report(r: Report, path=None):
     """One page: queue over time, the waiting-time CDF, λ* vs μ and μ(1−δ)."""
-    from kvstab.plotting import COLORS, DPI
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from kvstab.plotting import COLORS, DPI
 
     fig = Figure(figsize=(12.0, 4.0), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -428,8 +434,13 @@ def plot_report(r: Report, path=None):
         t = res.clock_s.mean(axis=0)
         for i in range(res.queue.shape[0]):
             ax_q.plot(t, res.queue[i], color="0.75", linewidth=0.7)
-        ax_q.plot(t, res.queue.mean(axis=0), color=COLORS["empty"], linewidth=1.6,
-                  label="mean over trajectories")  # fmt: skip
+        ax_q.plot(
+            t,
+            res.queue.mean(axis=0),
+            color=COLORS["empty"],
+            linewidth=1.6,
+            label="mean over trajectories",
+        )
         ax_q.axvline(r.simulation["warmup_s"], color="0.4", linestyle=":", label="end of warm-up")
         ax_q.set_xlabel("time (s)")
         ax_q.set_ylabel("requests waiting")
@@ -453,9 +464,15 @@ def plot_report(r: Report, path=None):
     ax_l.axvline(lam, color="black", linestyle="--", label=f"your rate {lam:g}")
     if r.boundary is not None and math.isfinite(r.boundary.lambda_star):
         b = r.boundary
-        ax_l.errorbar([b.lambda_star], [0.5], xerr=[[b.lambda_star - b.ci_low],
-                      [b.ci_high - b.lambda_star]], fmt="o", color=COLORS["lambda_star"],
-                      capsize=4, label=f"simulated lambda* = {b.lambda_star:.4g}")  # fmt: skip
+        ax_l.errorbar(
+            [b.lambda_star],
+            [0.5],
+            xerr=[[b.lambda_star - b.ci_low], [b.ci_high - b.lambda_star]],
+            fmt="o",
+            color=COLORS["lambda_star"],
+            capsize=4,
+            label=f"simulated lambda* = {b.lambda_star:.4g}",
+        )
     ax_l.set_yticks([])
     ax_l.set_ylim(0, 1)
     ax_l.set_xlabel("arrival rate (req/s)")

@@ -61,18 +61,44 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="target utilisation ρ in (0, 1] for the replica count (default 0.9)",
     )
     s = p.add_argument_group("sizes (the defaults fit in a minute on 2 CPU cores)")
-    s.add_argument("--trajectories", type=parse_int, default=rep.SIM_TRAJECTORIES,
-                   help="simulated trajectories at --rate, >= 2 (default %(default)s)")  # fmt: skip
-    s.add_argument("--steps", type=parse_int, default=rep.SIM_STEPS,
-                   help="batch steps per trajectory, >= 256 (default %(default)s)")  # fmt: skip
-    s.add_argument("--boundary-rates", type=parse_int, default=rep.BOUNDARY["grid_points"],
-                   metavar="K", help="rates on the lambda* grid, >= 2 (default %(default)s)")  # fmt: skip
-    s.add_argument("--boundary-runs", type=parse_int, default=rep.BOUNDARY["replications"],
-                   metavar="R", help="runs per rate for lambda*, >= 2 (default %(default)s)")  # fmt: skip
-    s.add_argument("--boundary-steps", type=parse_int, default=rep.BOUNDARY["num_steps"],
-                   metavar="T", help="steps per lambda* run, >= 100 (default %(default)s)")  # fmt: skip
-    s.add_argument("--no-boundary", action="store_true",
-                   help="skip the simulated lambda* (about half the time)")  # fmt: skip
+    s.add_argument(
+        "--trajectories",
+        type=parse_int,
+        default=rep.SIM_TRAJECTORIES,
+        help="simulated trajectories at --rate, >= 2 (default %(default)s)",
+    )
+    s.add_argument(
+        "--steps",
+        type=parse_int,
+        default=rep.SIM_STEPS,
+        help="batch steps per trajectory, >= 256 (default %(default)s)",
+    )
+    s.add_argument(
+        "--boundary-rates",
+        type=parse_int,
+        default=rep.BOUNDARY["grid_points"],
+        metavar="K",
+        help="rates on the lambda* grid, >= 2 (default %(default)s)",
+    )
+    s.add_argument(
+        "--boundary-runs",
+        type=parse_int,
+        default=rep.BOUNDARY["replications"],
+        metavar="R",
+        help="runs per rate for lambda*, >= 2 (default %(default)s)",
+    )
+    s.add_argument(
+        "--boundary-steps",
+        type=parse_int,
+        default=rep.BOUNDARY["num_steps"],
+        metavar="T",
+        help="steps per lambda* run, >= 100 (default %(default)s)",
+    )
+    s.add_argument(
+        "--no-boundary",
+        action="store_true",
+        help="skip the simulated lambda* (about half the time)",
+    )
     s.add_argument("--seed", type=parse_int, default=0, help="random seed, >= 0 (default 0)")
     add_output_args(p, plot=True, quiet=True)
     p.set_defaults(func=run)
