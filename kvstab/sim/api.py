@@ -155,8 +155,12 @@ class SimResult(Displayable):
 
     def _display_title(self) -> str:
         c = self.config
-        load = "saturated" if c.get("saturated") else f"{c.get('arrival_rate_per_s')} req/s"
-        return f"SimResult: {c.get('workload')} at {load}"
+        load = (
+            "saturated (endless backlog)"
+            if c.get("saturated")
+            else f"{c.get('arrival_rate_per_s')} req/s"
+        )
+        return f"SimResult: {c.get('workload')}, {load}"
 
     def _display_rows(self) -> dict:
         s = self.summary()
@@ -164,11 +168,12 @@ class SimResult(Displayable):
             "trajectories x steps": f"{self.num_trajectories} x {self.config.get('num_steps')}",
             "throughput (req/s)": s["throughput_per_s"],
             "throughput 95% CI": s["throughput_ci"],
-            "mean queue": s["mean_queue"],
-            "queue growth (req/s)": s["queue_slope_per_s"],
-            "preemptions / completion": s["preemptions_per_completion"],
-            "mean KV tokens": s["mean_kv_tokens"],
         }
+        if not self.config.get("saturated"):  # a backlog's length is not a queue
+            rows["mean queue"] = s["mean_queue"]
+            rows["queue growth (req/s)"] = s["queue_slope_per_s"]
+        rows["preemptions / completion"] = s["preemptions_per_completion"]
+        rows["mean KV tokens"] = s["mean_kv_tokens"]
         for name in ("wait_s", "ttft_s"):
             if name in s:
                 rows[f"{name[:-2]} p50 / p99 (s)"] = [s[name]["p50"], s[name]["p99"]]
