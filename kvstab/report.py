@@ -459,9 +459,11 @@ def plot_report(r: Report, path=None):
         ax_w.set_xlabel("waiting time (s; linear below 0.1 s, log above)")
         ax_w.set_ylabel("fraction of requests")
         ax_w.set_title("waiting-time CDF (after warm-up)")
-    ax_l.axvline(c.mu_stable, color=COLORS["mu_stable"], label=f"mu(1-delta) = {c.mu_stable:.4g}")
-    ax_l.axvline(c.mu, color=COLORS["mu"], label=f"mu = {c.mu:.4g}")
-    ax_l.axvline(lam, color="black", linestyle="--", label=f"your rate {lam:g}")
+    ax_l.axvline(
+        c.mu_stable, color=COLORS["mu_stable"], label=f"μ(1−δ) = {c.mu_stable:.4g} (Thm 4.2)"
+    )
+    ax_l.axvline(c.mu, color=COLORS["mu"], label=f"μ = {c.mu:.4g} (Thm 4.1)")
+    ax_l.axvline(lam, color="black", linestyle="--", label=f"your rate λ = {lam:g}")
     if r.boundary is not None and math.isfinite(r.boundary.lambda_star):
         b = r.boundary
         ax_l.errorbar(
@@ -471,7 +473,7 @@ def plot_report(r: Report, path=None):
             fmt="o",
             color=COLORS["lambda_star"],
             capsize=4,
-            label=f"simulated lambda* = {b.lambda_star:.4g}",
+            label=f"simulated λ* = {b.lambda_star:.4g} (95% CI)",
         )
     ax_l.set_yticks([])
     ax_l.set_ylim(0, 1)

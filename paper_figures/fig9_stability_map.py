@@ -86,7 +86,9 @@ def draw(results: dict, out_dir) -> list:
     ax.set_xscale("log")
     ax.set_xlabel("KV capacity M (thousand tokens, log scale)")
     ax.set_ylabel("arrival rate λ (requests/s)")
-    ax.set_title("colour: queue growth / λ (0 = stable)", fontsize=9)
+    # each M has its own λ grid (it scales with μ(M)): outside it nothing was simulated
+    ax.set_facecolor("0.88")
+    ax.set_title("colour: queue growth / λ (0 = stable); grey: not simulated", fontsize=9)
     ax.legend(loc="upper left", fontsize=9)
     fig.colorbar(mesh, ax=ax, label="waiting-queue growth rate / λ")
     xs = np.geomspace(M[0], M[-1], 200)
