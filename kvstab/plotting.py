@@ -80,7 +80,7 @@ def _zoom_on_rates(ax, rates: dict, span: float) -> None:
     ins.set_xlim(lo - pad, hi + 3.5 * pad)
     ins.set_yticks([])
     ins.tick_params(labelsize=9)
-    ins.text(0.99, 0.04, "zoom (req/s)", transform=ins.transAxes, ha="right", va="bottom",
+    ins.text(0.99, 0.95, "zoom (req/s)", transform=ins.transAxes, ha="right", va="top",
              fontsize=9, color="0.3")  # fmt: skip
     ins.set_facecolor("white")
 

@@ -198,6 +198,11 @@ def report_text(r: Report) -> str:
         "               (CIs: 95 % t intervals over trajectories of each trajectory's mean or "
         "percentile, cut at 0)",
     ]
+    if s.get("not_admitted"):
+        lines.append(
+            f"  CENSORED     {s['not_admitted']} requests were still waiting at the end: the "
+            "waits above are of admitted requests only (too low if the queue grows)"
+        )
     if s["flags"]:
         lines.append(f"  FLAGS        {', '.join(s['flags'])}: treat these numbers with care")
     if r.boundary is not None:
@@ -246,6 +251,9 @@ def latency_percentiles(res, warmup_s: float, percentiles=PERCENTILES) -> dict:
             for p in percentiles:
                 per[f"p{p}"].append(float(np.percentile(xi, p)))
         out[name] = {k: _ci_dict(v) for k, v in per.items()}
+    # requests that arrived after the warm-up but were not admitted by the end of the run
+    late = np.isfinite(arr) & (arr >= warmup_s)
+    out["not_admitted"] = int((late & ~np.isfinite(np.asarray(rec["wait_s"]))).sum())
     return out
 
 

@@ -143,6 +143,14 @@ def test_report_text_repr_and_html_carry_the_numbers():
     json.dumps(r.to_dict(), allow_nan=False)
 
 
+def test_report_text_says_when_waits_are_censored():
+    r = fake_report(7.0)
+    assert "CENSORED" not in r.text()
+    r.simulation["not_admitted"] = 12
+    text = r.text()
+    assert "CENSORED     12 requests" in text and "One replica is unstable" in text
+
+
 def test_capacity_report_repr_and_html():
     r = fake_report(3.0).capacity
     assert f"{r.mu:.4g}" in repr(r) and f"{r.mu_stable:.4g}" in repr(r)
