@@ -193,7 +193,7 @@ def tiny_json(tmp_path_factory):
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        code = main(["report", *TINY, "--json", "--plot", str(png)])
+        code = main(["report", *TINY, "--json", "--plot", str(png), "--out", str(png) + ".json"])
     assert code == 0
     return json.loads(buf.getvalue()), png
 
@@ -223,6 +223,9 @@ def test_cli_json_keys_and_plot(tiny_json):
     assert d["config"]["kvstab_version"] and d["config"]["sim_semantics_version"]
     assert d["gpus_rho"] == analytic.gpus_needed(1.0, d["capacity"]["mu"], 0.9)
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads(png.with_name(png.name + ".json").read_text())
+    assert saved["kind"] == "report" and saved["config"]["seed"] == 0
+    assert saved["boundary"]["lambda_star"] == b["lambda_star"]
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from kvstab.cli.common import (
     workload_from_args,
 )
 from kvstab.progress import Progress
+from kvstab.results import write_json
 
 FLAGS = {
     "rate_per_s": "--rate",
@@ -64,12 +65,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--trajectories",
         type=parse_int,
+        metavar="N",
         default=rep.SIM_TRAJECTORIES,
         help="simulated trajectories at --rate, >= 2 (default %(default)s)",
     )
     s.add_argument(
         "--steps",
         type=parse_int,
+        metavar="T",
         default=rep.SIM_STEPS,
         help="batch steps per trajectory, >= 256 (default %(default)s)",
     )
@@ -100,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="skip the simulated lambda* (about half the time)",
     )
     s.add_argument("--seed", type=parse_int, default=0, help="random seed, >= 0 (default 0)")
-    add_output_args(p, plot=True, quiet=True)
+    add_output_args(p, out=True, plot=True, quiet=True)
     p.set_defaults(func=run)
 
 
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     joint = workload_from_args(args)
     check_fits_memory(joint, args.kv_tokens)
     check_writable("plot", args.plot)
+    check_writable("out", args.out)
     progress = Progress("kvstab report", quiet=args.quiet)
     r = report(
         joint,
@@ -133,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     if args.plot:
         plot_report(r, args.plot)
+    if args.out:  # config, seed, kvstab and SIM_SEMANTICS versions are in r.config
+        write_json(args.out, {"kind": "report", **r.to_dict()})
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
         return 0
