@@ -199,9 +199,11 @@ def report_text(r: Report) -> str:
         "percentile, cut at 0)",
     ]
     if s.get("not_admitted"):
+        n, tot = s["not_admitted"], max(s.get("arrived_after_warmup", 0), 1)
         lines.append(
-            f"  CENSORED     {s['not_admitted']} requests were still waiting at the end: the "
-            "waits above are of admitted requests only (too low if the queue grows)"
+            f"  still queued {n} of {tot} requests ({100 * n / tot:.1f} %) that arrived after "
+            "the warm-up were still waiting at the end; the percentiles are of the others"
+            + (" (so they are too low: the queue grows)" if n > 0.05 * tot else "")
         )
     if s["flags"]:
         lines.append(f"  FLAGS        {', '.join(s['flags'])}: treat these numbers with care")
@@ -251,9 +253,12 @@ def latency_percentiles(res, warmup_s: float, percentiles=PERCENTILES) -> dict:
             for p in percentiles:
                 per[f"p{p}"].append(float(np.percentile(xi, p)))
         out[name] = {k: _ci_dict(v) for k, v in per.items()}
-    # requests that arrived after the warm-up but were not admitted by the end of the run
-    late = np.isfinite(arr) & (arr >= warmup_s)
+    # requests that arrived after the warm-up and before the end of the run but were not
+    # admitted by then (the records also hold requests whose arrival lies past the end)
+    end_s = np.asarray(res.clock_s)[:, -1][:, None]
+    late = np.isfinite(arr) & (arr >= warmup_s) & (arr < end_s)
     out["not_admitted"] = int((late & ~np.isfinite(np.asarray(rec["wait_s"]))).sum())
+    out["arrived_after_warmup"] = int(late.sum())
     return out
 
 

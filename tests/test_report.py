@@ -145,10 +145,12 @@ def test_report_text_repr_and_html_carry_the_numbers():
 
 def test_report_text_says_when_waits_are_censored():
     r = fake_report(7.0)
-    assert "CENSORED" not in r.text()
-    r.simulation["not_admitted"] = 12
+    assert "still queued" not in r.text()
+    r.simulation.update(not_admitted=12, arrived_after_warmup=1000)
     text = r.text()
-    assert "CENSORED     12 requests" in text and "One replica is unstable" in text
+    assert "still queued 12 of 1000 requests (1.2 %)" in text and "too low" not in text
+    r.simulation.update(not_admitted=300)
+    assert "too low" in r.text() and "One replica is unstable" in r.text()
 
 
 def test_capacity_report_repr_and_html():
