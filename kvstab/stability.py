@@ -975,10 +975,9 @@ class BoundaryResult(Displayable):
             f"  lambda*    {self.lambda_star:.4g} req/s, 95% CI [{self.ci_low:.4g}, "
             f"{self.ci_high:.4g}] (loaded start, n0 = {self.initial_queue})",
             f"             {self.relation}",
-            f"  empty start: lambda* {self.lambda_star_empty:.4g} req/s; verdicts stable up to "
-            f"{self.bracket_empty[0]:.4g}, unstable from {self.bracket_empty[1]:.4g} req/s",
-            f"  loaded start: verdicts stable up to {self.bracket_loaded[0]:.4g}, unstable "
-            f"from {self.bracket_loaded[1]:.4g} req/s",
+            f"  empty start: lambda* {_or_none(self.lambda_star_empty, 'not estimated')}"
+            f"; {_bracket_words(self.bracket_empty)}",
+            f"  loaded start: {_bracket_words(self.bracket_loaded)}",
         ]
         if self.metastable:
             rates = ", ".join(f"{r:.4g}" for r in self.metastable_rates)
@@ -1000,6 +999,25 @@ class BoundaryResult(Displayable):
         if self.flags:
             lines.append(f"  flags: {', '.join(self.flags)}")
         return "\n".join(lines)
+
+
+def _or_none(x, words: str) -> str:
+    """``x`` in req/s, or ``words`` when it is nan/None."""
+    return f"{x:.4g} req/s" if x is not None and math.isfinite(x) else words
+
+
+def _bracket_words(bracket) -> str:
+    """A (largest stable, smallest unstable) verdict bracket in words, nan parts said so."""
+    lo, hi = bracket
+    parts = [
+        f"verdicts stable up to {_or_none(lo, 'no rate judged stable')}"
+        if lo is not None and math.isfinite(lo)
+        else "no rate judged stable",
+        f"unstable from {_or_none(hi, '')}"
+        if hi is not None and math.isfinite(hi)
+        else "no rate judged unstable",
+    ]
+    return ", ".join(parts)
 
 
 def _jsonable(x):
