@@ -22,6 +22,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from kvstab.display import Displayable
 from kvstab.errors import InputError, check_number
 from kvstab.laws import JointLaw, LengthLaw, as_joint
 
@@ -116,8 +117,8 @@ def mixed_rate(mus: Sequence[Any], fractions: Sequence[Any]):
     return 1.0 / jnp.sum(q / mus_a)
 
 
-@dataclasses.dataclass(frozen=True)
-class CapacityReport:
+@dataclasses.dataclass(frozen=True, repr=False)
+class CapacityReport(Displayable):
     """Everything ``kvstab capacity`` prints. Rates in requests/s, E[g] in token·steps."""
 
     workload: str
@@ -137,6 +138,29 @@ class CapacityReport:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def summary(self) -> dict:
+        """The headline numbers, flat (what ``repr`` and the HTML table show)."""
+        out = {
+            "E[g] (token*steps)": self.mean_g,
+            "mu (req/s)": self.mu,
+            "delta": self.delta,
+            "mu(1-delta) (req/s)": self.mu_stable,
+        }
+        if self.rate_per_s is not None:
+            out["rate (req/s)"] = self.rate_per_s
+            out["verdict"] = self.verdict
+            out[f"replicas for utilisation <= {self.utilization:g}"] = self.gpus
+        return out
+
+    def _display_title(self) -> str:
+        return (
+            f"CapacityReport: {self.workload}; M = {self.kv_capacity_tokens:,}, "
+            f"chunk = {self.chunk_tokens}, b = {self.batch_time_s:g} s"
+        )
+
+    def _display_rows(self) -> dict:
+        return self.summary()
 
 
 def validate_system(kv_capacity_tokens, chunk_tokens, batch_time_s) -> None:

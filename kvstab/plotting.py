@@ -30,12 +30,12 @@ FIGSIZE = (10.0, 4.8)
 DPI = 130
 # matplotlib settings of the paper's figures (paper_figures/_style.py applies them).
 PAPER_RC = {
-    "font.size": 8.5,
-    "axes.titlesize": 9,
-    "axes.labelsize": 8.5,
-    "legend.fontsize": 7.5,
-    "xtick.labelsize": 7.5,
-    "ytick.labelsize": 7.5,
+    "font.size": 9.5,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9.5,
+    "legend.fontsize": 9,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
     "axes.grid": True,
     "grid.alpha": 0.3,
     "grid.linewidth": 0.6,
@@ -57,6 +57,32 @@ def new_figure(figsize=FIGSIZE):
     ax = fig.add_subplot(1, 1, 1)
     ax.grid(True, alpha=0.3, linewidth=0.6)
     return fig, ax
+
+
+def _zoom_on_rates(ax, rates: dict, span: float) -> None:
+    """When the marked rates lie within 12 % of the x range, an inset number line spreads
+    them out (each with its value), so close vertical lines stay readable."""
+    vals = {k: v for k, v in rates.items() if math.isfinite(v)}
+    if len(vals) < 2:
+        return
+    lo, hi = min(vals.values()), max(vals.values())
+    if span <= 0 or hi - lo > 0.12 * span:
+        return
+    pad = max(0.15 * (hi - lo), 1e-3)
+    ins = ax.inset_axes([0.03, 0.66, 0.42, 0.30])
+    styles = {"μ(1−δ)": ("mu_stable", ":"), "λ*": ("lambda_star", "-"), "μ_sim": ("mu_sim", "-."),
+              "μ": ("mu", "--")}  # fmt: skip
+    for i, (name, v) in enumerate(sorted(vals.items(), key=lambda kv: kv[1])):
+        color, ls = styles.get(name, ("mu_sim", "-"))
+        ins.axvline(v, color=COLORS[color], linestyle=ls, linewidth=1.4)
+        ins.text(v, 0.88 - 0.25 * (i % 4), f" {name} {v:.3f}", fontsize=9,
+                 color=COLORS[color], va="top", transform=ins.get_xaxis_transform())  # fmt: skip
+    ins.set_xlim(lo - pad, hi + 3.5 * pad)
+    ins.set_yticks([])
+    ins.tick_params(labelsize=9)
+    ins.text(0.99, 0.95, "zoom (req/s)", transform=ins.transAxes, ha="right", va="top",
+             fontsize=9, color="0.3")  # fmt: skip
+    ins.set_facecolor("white")
 
 
 def plot_boundary(result, path: str | os.PathLike | None = None, *, title: str | None = None):
@@ -124,25 +150,11 @@ def plot_boundary(result, path: str | os.PathLike | None = None, *, title: str |
             markerfacecolor=COLORS[start] if start == "loaded" else "white",
             label=f"{label} (mean slope, 95% CI)",
         )
-    for verdict, marker in MARKERS.items():
-        ax.plot(
-            [],
-            [],
-            color="black",
-            marker=marker,
-            linestyle="none",
-            markerfacecolor="none",
-            label=f"verdict: {verdict}",
-        )
     ax.plot(
         [],
         [],
-        color="black",
-        marker="o",
         linestyle="none",
-        alpha=0.45,
-        markerfacecolor="none",
-        label="faded: queue emptied (not in the fit)",
+        label="○ stable, △ unstable, □ inconclusive; faded: emptied (not fitted)",
     )
 
     lam, clo, chi = num(r["lambda_star"]), num(r["ci_low"]), num(r["ci_high"])
@@ -166,14 +178,13 @@ def plot_boundary(result, path: str | os.PathLike | None = None, *, title: str |
             color=COLORS["lambda_star"],
             alpha=0.18,
             linewidth=0,
-            label=f"λ* 95% CI [{clo:.3f}, {chi:.3f}]",
         )
     if math.isfinite(lam):
         ax.axvline(
             lam,
             color=COLORS["lambda_star"],
             linewidth=1.6,
-            label=f"λ* = {lam:.3f} req/s (loaded start)",
+            label=f"λ* = {lam:.3f} req/s, 95% CI [{clo:.3f}, {chi:.3f}] (shaded)",
         )
     mu, mus, musim = num(r["mu"]), num(r["mu_stable"]), num(r["mu_sim"])
     ax.axvline(
@@ -202,10 +213,13 @@ def plot_boundary(result, path: str | os.PathLike | None = None, *, title: str |
             f"{c['workload']}; M = {c['kv_capacity_tokens']:,}, b̄ = {c['batch_time_s']:g} s; "
             f"{c['admission']} / {c['overflow']}"
         )
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=10)
     pad = 0.03 * (x_hi - x_lo or 1.0)
     ax.set_xlim(min(x_lo, mus) - pad, max(x_hi, mu) + pad)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    # One compact legend under the axes (the plot keeps the full width).
+    fig.legend(loc="outside lower center", ncol=2, fontsize=9, handlelength=1.6,
+               columnspacing=1.2, frameon=False)  # fmt: skip
+    _zoom_on_rates(ax, {"μ(1−δ)": mus, "λ*": lam, "μ_sim": musim, "μ": mu}, x_hi - x_lo)
     if r.get("metastable"):
         ax.text(
             0.99,

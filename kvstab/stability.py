@@ -96,6 +96,7 @@ import numpy as np
 from scipy import stats
 
 from kvstab import SIM_SEMANTICS_VERSION, __version__, analytic, metrics
+from kvstab.display import Displayable
 from kvstab.errors import InputError, check_number
 from kvstab.laws import Independent, JointEmpirical, as_joint
 from kvstab.sim.api import simulate
@@ -308,8 +309,8 @@ def _flags_of(res) -> list[str]:
 # Saturated throughput
 
 
-@dataclasses.dataclass
-class SaturationResult:
+@dataclasses.dataclass(repr=False)
+class SaturationResult(Displayable):
     """Throughput of a replica with an endless backlog (what the paper calls μ_gpu).
 
     Attributes:
@@ -356,6 +357,26 @@ class SaturationResult:
         d = dataclasses.asdict(self)
         d.pop("per_trajectory")
         return _jsonable(d)
+
+    def summary(self) -> dict:
+        """The headline numbers, flat (what ``repr`` and the HTML table show)."""
+        return {
+            "mu_sim (req/s)": self.mu_sim,
+            "95% CI": [self.ci_low, self.ci_high],
+            "KV utilisation": self.kv_utilization,
+            "mean running": self.mean_running,
+            "preemptions / completion": self.preemptions_per_completion,
+            "warm-up check ok": bool(self.warmup_check.get("ok", True)),
+            "trajectories x steps": f"{self.num_trajectories} x {self.num_steps}",
+            "flags": ", ".join(self.flags) or "none",
+            "wall (s)": self.wall_s,
+        }
+
+    def _display_title(self) -> str:
+        return f"SaturationResult: {self.config.get('workload', '')}"
+
+    def _display_rows(self) -> dict:
+        return self.summary()
 
 
 BACKLOG_RATE = 1e-9  # req/s: the buffer's last requests never arrive within a simulated run
@@ -876,8 +897,8 @@ def relation_text(lam: float, mu: float, mu_stable: float, ci: tuple | None = No
 # The boundary
 
 
-@dataclasses.dataclass
-class BoundaryResult:
+@dataclasses.dataclass(repr=False)
+class BoundaryResult(Displayable):
     """The critical rate λ* of one replica under one policy (module docstring).
 
     Attributes:
@@ -934,6 +955,29 @@ class BoundaryResult:
     def to_dict(self) -> dict:
         return _jsonable(dataclasses.asdict(self))
 
+    def summary(self) -> dict:
+        """The headline numbers, flat (what ``repr`` and the HTML table show); the full
+        account is :meth:`summary_text`."""
+        return {
+            "lambda* (req/s)": self.lambda_star,
+            "95% CI": [self.ci_low, self.ci_high],
+            "mu (req/s)": self.mu,
+            "mu(1-delta) (req/s)": self.mu_stable,
+            "mu_sim (req/s)": self.mu_sim,
+            "mu_sim 95% CI": list(self.mu_sim_ci),
+            "relation": self.relation,
+            "metastable": bool(self.metastable),
+            "precision": self.config.get("precision"),
+            "flags": ", ".join(self.flags) or "none",
+            "wall (s)": self.wall_s,
+        }
+
+    def _display_title(self) -> str:
+        return f"BoundaryResult: {self.config.get('workload', '')}"
+
+    def _display_rows(self) -> dict:
+        return self.summary()
+
     def summary_text(self) -> str:
         c = self.config
         lines = [
@@ -950,10 +994,9 @@ class BoundaryResult:
             f"  lambda*    {self.lambda_star:.4g} req/s, 95% CI [{self.ci_low:.4g}, "
             f"{self.ci_high:.4g}] (loaded start, n0 = {self.initial_queue})",
             f"             {self.relation}",
-            f"  empty start: lambda* {self.lambda_star_empty:.4g} req/s; verdicts stable up to "
-            f"{self.bracket_empty[0]:.4g}, unstable from {self.bracket_empty[1]:.4g} req/s",
-            f"  loaded start: verdicts stable up to {self.bracket_loaded[0]:.4g}, unstable "
-            f"from {self.bracket_loaded[1]:.4g} req/s",
+            f"  empty start: lambda* {_or_none(self.lambda_star_empty, 'not estimated')}"
+            f"; {_bracket_words(self.bracket_empty)}",
+            f"  loaded start: {_bracket_words(self.bracket_loaded)}",
         ]
         if self.metastable:
             rates = ", ".join(f"{r:.4g}" for r in self.metastable_rates)
@@ -975,6 +1018,25 @@ class BoundaryResult:
         if self.flags:
             lines.append(f"  flags: {', '.join(self.flags)}")
         return "\n".join(lines)
+
+
+def _or_none(x, words: str) -> str:
+    """``x`` in req/s, or ``words`` when it is nan/None."""
+    return f"{x:.4g} req/s" if x is not None and math.isfinite(x) else words
+
+
+def _bracket_words(bracket) -> str:
+    """A (largest stable, smallest unstable) verdict bracket in words, nan parts said so."""
+    lo, hi = bracket
+    parts = [
+        f"verdicts stable up to {_or_none(lo, 'no rate judged stable')}"
+        if lo is not None and math.isfinite(lo)
+        else "no rate judged stable",
+        f"unstable from {_or_none(hi, '')}"
+        if hi is not None and math.isfinite(hi)
+        else "no rate judged unstable",
+    ]
+    return ", ".join(parts)
 
 
 def _jsonable(x):

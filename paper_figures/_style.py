@@ -48,9 +48,16 @@ def title(fig, text: str) -> None:
     fig.suptitle("\n".join(textwrap.wrap(text, int(fig.get_figwidth() * 13))))
 
 
+def footer_on() -> bool:
+    """The provenance footer is drawn unless ``KVSTAB_FIGURE_FOOTER=0`` (for a paper: the
+    provenance then lives only in the files' metadata, see :func:`save`)."""
+    return os.environ.get("KVSTAB_FIGURE_FOOTER", "1") not in ("0", "", "no", "off")
+
+
 def footer(fig, text: str, results: dict | None = None, paper: str | None = None) -> None:
     """Provenance under the axes: what the numbers are, size, seed and versions; optionally
-    a second line with what the paper reported."""
+    a second line with what the paper reported. Always stored in the PNG/PDF metadata
+    (:func:`save`); drawn only when :func:`footer_on`."""
     parts = [text]
     if results:
         size = "quick size" if results.get("quick") else "full size"
@@ -60,12 +67,15 @@ def footer(fig, text: str, results: dict | None = None, paper: str | None = None
         )
     import textwrap
 
-    width = int(fig.get_figwidth() * 17)  # characters per line at 6.5 pt
+    width = int(fig.get_figwidth() * 12.5)  # characters per line at 9 pt
     lines = textwrap.wrap(f"paper (GPU): {paper}", width) if paper else []
     lines += textwrap.wrap("   |   ".join(parts), width)
     line = "\n".join(lines)
+    fig._kvstab_provenance = " ".join(lines)
+    if not footer_on():
+        return
     fig.get_layout_engine().set(h_pad=0.06)
-    fig.supxlabel(line, fontsize=6.5, color="0.35", style="italic")
+    fig.supxlabel(line, fontsize=9, color="0.35", style="italic")
 
 
 def save(fig, out_dir: str | os.PathLike, stem: str) -> list[Path]:
@@ -73,9 +83,13 @@ def save(fig, out_dir: str | os.PathLike, stem: str) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
+    prov = getattr(fig, "_kvstab_provenance", None)
     for ext in ("pdf", "png"):
         p = out / f"{stem}.{ext}"
-        fig.savefig(p, dpi=DPI)
+        meta = {"Software": "kvstab"} if ext == "png" else {"Creator": "kvstab"}
+        if prov:
+            meta["Description" if ext == "png" else "Subject"] = prov
+        fig.savefig(p, dpi=DPI, metadata=meta)
         paths.append(p)
     return paths
 
@@ -102,7 +116,7 @@ def placeholder(out_dir, stem: str, title: str, reason: str) -> list[Path]:
         f"not drawn: {reason}",
         ha="center",
         va="center",
-        fontsize=8.5,
+        fontsize=9,
         color="#b00000",
         transform=ax.transAxes,
         wrap=True,

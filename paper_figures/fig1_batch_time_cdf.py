@@ -29,7 +29,7 @@ def cdf_panel(ax, per_rate: list, title: str) -> None:
     ax.set_xlabel("batch time (ms)")
     ax.set_ylabel("fraction of batches")
     ax.set_ylim(0, 1.01)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right")
 
 

@@ -57,16 +57,16 @@ def draw_queue(r, out_dir, stem: str, title: str, name: str, paper_text: str) ->
     ax.set_xlabel("time (s)")
     ax.set_ylabel("waiting requests (queue length)")
     ax.set_title(
-        f"all rates (symlog scale); mean and 10–90 % band over {n} trajectories", fontsize=8
+        f"all rates (symlog scale); mean and 10–90 % band over {n} trajectories", fontsize=9
     )
     ax.legend(
         loc="upper left",
         title=f"μ = {d['mu_theory']:.3f}, μ(1−δ) = {d['mu_stable']:.3f} req/s",
-        title_fontsize=7.5,
+        title_fontsize=9,
     )
     axz.set_xlabel("time (s)")
     axz.set_ylabel("waiting requests (queue length)")
-    axz.set_title("stable rates (linear scale), two sample paths each", fontsize=8)
+    axz.set_title("stable rates (linear scale), two sample paths each", fontsize=9)
     axz.set_ylim(bottom=-0.6)
     if slow:
         axz.legend(loc="upper left")

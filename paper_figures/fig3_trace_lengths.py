@@ -56,8 +56,8 @@ def draw(results: dict, out_dir) -> list:
         ax.set_xscale("log")
         ax.set_xlabel(f"{label} (tokens, log scale)")
         ax.set_ylabel("fraction of requests per bin")
-        ax.set_title(f"marginal of {key} lengths", fontsize=8)
-        ax.legend(loc="upper left", fontsize=6.8)
+        ax.set_title(f"marginal of {key} lengths", fontsize=9)
+        ax.legend(loc="upper left", fontsize=9)
     ax = axes[1, 0]
     for j, key in enumerate(("prompt", "output")):
         m = d[key]
@@ -79,17 +79,17 @@ def draw(results: dict, out_dir) -> list:
             ax.plot(
                 st.arr(f["tokens"]),
                 st.arr(f["cdf"]),
-                color=st.COLORS["fit"],
+                color=("#8B2500", "#3D1A66")[j],  # one dark colour per fit, not shared
                 linestyle=":" if j else "-.",
-                linewidth=1.2,
+                linewidth=1.6,
                 label=f"{key}: law fitted on 80 %",
             )
     ax.set_xscale("log")
     ax.set_xlabel("tokens (log scale)")
     ax.set_ylabel("CDF")
     ax.set_ylim(0, 1.01)
-    ax.set_title("train vs held-out, and the fitted copula law (Table 2)", fontsize=8)
-    ax.legend(loc="upper left", fontsize=6.3)
+    ax.set_title("train vs held-out, and the fitted copula law (Table 2)", fontsize=9)
+    ax.legend(loc="upper left", fontsize=9)
     ax = axes[1, 1]
     j = d["joint_cdf"]
     gs, go, c = st.arr(j["prompt_tokens"]), st.arr(j["output_tokens"]), st.arr(j["cdf"])
@@ -97,13 +97,13 @@ def draw(results: dict, out_dir) -> list:
         gs, go, c.T, shading="nearest", cmap="viridis", vmin=0, vmax=1, rasterized=True
     )
     cs = ax.contour(gs, go, c.T, levels=[0.1, 0.25, 0.5, 0.75, 0.9], colors="white", linewidths=0.7)
-    ax.clabel(cs, fontsize=6, fmt="%.2f")
+    ax.clabel(cs, fontsize=9, fmt="%.2f")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("prompt length s (tokens)")
     ax.set_ylabel("output length o (tokens)")
     ax.set_title(
-        f"joint CDF P(S ≤ s, O ≤ o); corr(s, o) = {d['corr_prompt_output']:.3f}", fontsize=8
+        f"joint CDF P(S ≤ s, O ≤ o); corr(s, o) = {d['corr_prompt_output']:.3f}", fontsize=9
     )
     fig.colorbar(mesh, ax=ax, label="P(S ≤ s, O ≤ o)")
     st.title(fig, TITLE)

@@ -56,8 +56,8 @@ def draw(results: dict, out_dir) -> list:
     ax.set_xlabel("batch time (ms)")
     ax.set_ylabel("fraction of batches (of those kept)")
     ax.set_ylim(0, 1.01)
-    ax.set_title(fig7_batch_time_heavy_tail.model_text(h["model"]), fontsize=8)
-    ax.legend(loc="lower right", fontsize=6.8)
+    ax.set_title(fig7_batch_time_heavy_tail.model_text(h["model"]), fontsize=9)
+    ax.legend(loc="lower right", fontsize=9)
     st.title(fig, TITLE)
     st.footer(
         fig,

@@ -1,5 +1,6 @@
-"""The tutorial notebooks: stored as notebooks/_make_notebooks.py writes them, and they run top
-to bottom at toy size (KVSTAB_TOY=1) in a fresh kernel, printing the numbers they promise.
+"""The tutorial notebooks: stored as notebooks/_make_notebooks.py writes them, with their
+outputs (at least one inline figure each, no errors), and they run top to bottom at toy size
+(KVSTAB_TOY=1) in a fresh kernel, printing the numbers they promise and drawing inline.
 
 Execution takes about 15 s per notebook on 2 CPU cores, so it stays in the default run.
 """
@@ -23,11 +24,14 @@ pytest.importorskip("ipykernel")
 
 # What each notebook must print at toy size (regular expressions over its text output).
 EXPECTED = {
-    "01_quickstart": [r"toy size", r"mu      = 3\.262 req/s", r"mu_sim = \d+\.\d{3} req/s"],
-    "02_finding_the_boundary": [r"toy size", r"mu = \d+\.\d{3} req/s", r"lambda\*/mu = \d"],
-    "03_calibrating_to_a_trace": [r"toy size", r"mu_sim = \d+\.\d{3} req/s vs fitted mu"],
-    "04_sweeps": [r"toy size", r"theory: unstable", r"6 points, \d compilation"],
-    "05_policies": [r"toy size", r"reserve-oracle", r"swap: lambda\*/mu = \d\.\d{3}"],
+    "01_quickstart": [r"mu      = 3\.262 req/s", r"mu_sim = \d+\.\d{3} req/s"],
+    "02_finding_the_boundary": [r"mu = \d+\.\d{3} req/s", r"lambda\*/mu = \d"],
+    "03_calibrating_to_a_trace": [
+        r"mu_sim = \d+\.\d{3} req/s vs fitted mu",
+        r"fitted b = 0\.\d{4} s \(truth 0\.0400 s\)",
+    ],
+    "04_sweeps": [r"theory: unstable", r"6 points, \d compilation"],
+    "05_policies": [r"reserve-oracle", r"swap: lambda\*/mu = \d\.\d{3}"],
 }
 
 
@@ -53,7 +57,12 @@ def test_stored_notebooks_are_what_the_generator_writes():
         for i, cell in enumerate(stored.cells):
             if cell.cell_type == "code":
                 compile(cell.source, f"{path.name}[{i}]", "exec")
-                assert not cell.get("outputs"), f"{path.name} is stored with outputs"
+        outputs = [o for c in stored.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.get("output_type") == "error"], path.name
+        assert any("image/png" in o.get("data", {}) for o in outputs), (
+            f"{path.name} has no stored figure: run python notebooks/_make_notebooks.py --execute"
+        )
+        assert "KVSTAB_TOY" not in "".join(c.source for c in stored.cells), path.name
 
 
 # The default run executes one notebook (the boundary tutorial, the quickest); .ci/run's slow
@@ -71,7 +80,7 @@ RUN_FAST = ("02_finding_the_boundary",)
 def test_notebook_runs_at_toy_size(path, tmp_path, monkeypatch):
     monkeypatch.setenv("KVSTAB_TOY", "1")
     monkeypatch.setenv("KVSTAB_REPO", str(ROOT))  # lets notebooks find ../shared/data
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb,
@@ -96,4 +105,12 @@ def test_notebook_runs_at_toy_size(path, tmp_path, monkeypatch):
     )
     for pattern in EXPECTED[path.stem]:
         assert re.search(pattern, text), (pattern, text[-3000:])
+    images = [
+        out
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if "image/png" in out.get("data", {})
+    ]
+    assert images, f"{path.name} drew no inline figure"
     assert os.environ["KVSTAB_TOY"] == "1"

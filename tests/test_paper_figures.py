@@ -90,6 +90,35 @@ def test_figure_is_a_plausible_png_and_pdf(drawn, name):
     assert 8_000 < pdf.stat().st_size < 2_000_000, pdf.stat().st_size
 
 
+def test_provenance_in_png_metadata_and_footer_can_be_switched_off(drawn, tmp_path, monkeypatch):
+    from PIL import Image
+
+    out, _ = drawn
+    with Image.open(out / "fig2_queue_one_gpu.png") as im:
+        on_text, on_size = im.info.get("Description", ""), im.size
+    assert "seed" in on_text and "kvstab" in on_text
+    monkeypatch.setenv("KVSTAB_FIGURE_FOOTER", "0")
+    scripts = {m.NAME: m for m in rp.discover(ROOT / "paper_figures")}
+    results = tmp_path / "results"
+    shutil.copytree(SMALL_RESULTS, results)
+    rp.draw_figure(scripts["fig2_queue_one_gpu"], results_dir=results, out_dir=tmp_path)
+    with Image.open(tmp_path / "fig2_queue_one_gpu.png") as im:
+        assert im.info.get("Description") == on_text  # provenance kept in the metadata
+        assert im.size == on_size
+    # the same figure without the footer: the footer is the figure's supxlabel
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_style", ROOT / "paper_figures" / "_style.py")
+    style = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(style)
+    for on in ("1", "0"):
+        monkeypatch.setenv("KVSTAB_FIGURE_FOOTER", on)
+        fig, _ = style.new_figure()
+        style.footer(fig, "provenance", {"seed": 3, "kvstab_version": "x"})
+        assert "seed 3" in fig._kvstab_provenance
+        assert (fig._supxlabel is not None) == (on == "1")
+
+
 @pytest.mark.parametrize("name", TABLES)
 def test_table_is_markdown_and_json(drawn, name):
     out, written = drawn

@@ -2,7 +2,8 @@
 
 One module per subcommand (:mod:`~kvstab.cli.capacity`, :mod:`~kvstab.cli.simulate`,
 :mod:`~kvstab.cli.boundary`, :mod:`~kvstab.cli.compare`, :mod:`~kvstab.cli.fit`,
-:mod:`~kvstab.cli.reproduce`, :mod:`~kvstab.cli.size`, :mod:`~kvstab.cli.sweep`), each with
+:mod:`~kvstab.cli.report`, :mod:`~kvstab.cli.reproduce`, :mod:`~kvstab.cli.size`,
+:mod:`~kvstab.cli.sweep`), each with
 ``register(subparsers)``; the flags they share are defined once in :mod:`kvstab.cli.common`.
 Bad input exits with status 2 and one line naming the flag and the allowed range, never a
 traceback.
@@ -19,12 +20,22 @@ import threading
 from collections.abc import Sequence
 
 from kvstab import __version__
-from kvstab.cli import boundary, capacity, compare, fit, reproduce, simulate, size, sweep
+from kvstab.cli import (
+    boundary,
+    capacity,
+    compare,
+    fit,
+    report,
+    reproduce,
+    simulate,
+    size,
+    sweep,
+)
 from kvstab.cli.common import validate_args
 from kvstab.errors import InputError
 from kvstab.runtime import use_all_cpu_cores  # noqa: F401  (re-exported: benchmarks use it)
 
-COMMANDS = (capacity, simulate, boundary, compare, sweep, size, fit, reproduce)
+COMMANDS = (report, capacity, simulate, boundary, compare, sweep, size, fit, reproduce)
 
 # Python field names -> command-line flags, so API errors read the same on the command line.
 FLAG_FOR = {

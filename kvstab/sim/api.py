@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kvstab import SIM_SEMANTICS_VERSION, __version__, metrics
+from kvstab.display import Displayable
 from kvstab.errors import InputError
 from kvstab.metrics import warmup_blocks
 from kvstab.paper import BATCH_TIME_S
@@ -50,8 +51,8 @@ from kvstab.validate import MAX_SEED, check_memory, check_simulate_args, check_v
 from kvstab.workload import replay_workload, sample_workload, split_stream
 
 
-@dataclasses.dataclass
-class SimResult:
+@dataclasses.dataclass(repr=False)
+class SimResult(Displayable):
     """What :func:`simulate` returns. Arrays are numpy; (traj, block) time series are summed
     over replicas (clock: replica 0's).
 
@@ -149,6 +150,40 @@ class SimResult:
             out["ttft_s"] = metrics.quantiles(r["ttft_s"])
             out["latency_s"] = metrics.quantiles(r["latency_s"])
         return out
+
+    def to_dict(self) -> dict:
+        """``summary()`` and ``config`` as JSON-ready data (no per-block arrays)."""
+        from kvstab.results import to_jsonable
+
+        return to_jsonable({"summary": self.summary(), "config": self.config})
+
+    def _display_title(self) -> str:
+        c = self.config
+        load = (
+            "saturated (endless backlog)"
+            if c.get("saturated")
+            else f"{c.get('arrival_rate_per_s')} req/s"
+        )
+        return f"SimResult: {c.get('workload')}, {load}"
+
+    def _display_rows(self) -> dict:
+        s = self.summary()
+        rows = {
+            "trajectories x steps": f"{self.num_trajectories} x {self.config.get('num_steps')}",
+            "throughput (req/s)": s["throughput_per_s"],
+            "throughput 95% CI": s["throughput_ci"],
+        }
+        if not self.config.get("saturated"):  # a backlog's length is not a queue
+            rows["mean queue"] = s["mean_queue"]
+            rows["queue growth (req/s)"] = s["queue_slope_per_s"]
+        rows["preemptions / completion"] = s["preemptions_per_completion"]
+        rows["mean KV tokens"] = s["mean_kv_tokens"]
+        for name in ("wait_s", "ttft_s"):
+            if name in s:
+                rows[f"{name[:-2]} p50 / p99 (s)"] = [s[name]["p50"], s[name]["p99"]]
+        rows["flags"] = ", ".join(s["flags"]) or "none"
+        rows["wall (s)"] = s["wall_s"]
+        return rows
 
 
 def _per_traj(field: str, value, n: int, dtype) -> np.ndarray:
