@@ -10,7 +10,7 @@ rate λ it puts side by side:
 3. the simulated critical rate λ* with its CI (:func:`kvstab.stability.estimate_boundary`,
    at a small preset sized to finish in well under a minute on 2 CPU cores);
 4. the number of replicas: by the utilisation rule G = ⌈λ/(ρμ)⌉ and, when an SLO is given,
-   by the SLO (TODO: kvstab.slo; see :func:`gpus_for_slo`).
+   by the SLO when one is given (:func:`gpus_for_slo`, simulating G and G − 1).
 
 The verdict is phrased by :func:`verdict_phrase` so that the replica count and the
 stability statement never read as a contradiction.
@@ -27,7 +27,7 @@ import numpy as np
 
 from kvstab import SIM_SEMANTICS_VERSION, __version__, analytic, metrics, paper
 from kvstab.display import Displayable, fmt
-from kvstab.errors import InputError, check_number
+from kvstab.errors import check_number
 from kvstab.laws import Independent, parse_law
 
 # Sizes of the default report: small enough for < 60 s end to end on 2 quiet CPU cores.
@@ -49,7 +49,8 @@ class Report(Displayable):
             ``preemptions_per_completion``, ``completed``, ``flags``, ``wall_s``.
         boundary: the simulated λ* (:class:`kvstab.stability.BoundaryResult`) or None.
         gpus_rho: replicas by ρ: ⌈λ/(ρ·μ)⌉.
-        gpus_slo: replicas by the SLO (None until kvstab.slo is wired in).
+        gpus_slo: replicas meeting the SLO (None without an SLO, or when none up to the
+            search limit meets it).
         verdict: the verdict sentence (:func:`verdict_phrase`).
         wall_s: seconds for the whole report.
         sim_result: the :class:`kvstab.sim.SimResult` (for plots; not serialised).
@@ -270,15 +271,24 @@ def _ci_dict(x) -> dict:
     return {"mean": m, "ci": [max(lo, 0.0), hi]}
 
 
-def gpus_for_slo(joint, system_words: dict, rate_per_s: float, slo):
-    """Replicas needed to meet a latency SLO.
-
-    TODO(kvstab.slo): the lead wires ``kvstab.slo.size_for_slo`` in here after merging;
-    until then there is no SLO sizing and this returns None.
-    """
+def gpus_for_slo(joint, system_words: dict, rate_per_s: float, slo, *, seed: int = 0):
+    """Replicas (round robin) needed to meet a latency SLO at ``rate_per_s``, checked by
+    simulating G and G − 1 (:func:`kvstab.slo.size_for_slo`); None without an SLO, or when
+    no G up to its limit meets it."""
     if slo is None:
         return None
-    raise InputError("slo", "SLO sizing is not available yet (kvstab.slo is not merged)")
+    from kvstab.slo import size_for_slo
+
+    res = size_for_slo(
+        slo,
+        joint,
+        rate_per_s=rate_per_s,
+        kv_capacity_tokens=system_words["kv"],
+        chunk_tokens=system_words["chunk"],
+        batch_time_s=system_words["batch_time"],
+        seed=seed,
+    )
+    return res["replicas"]
 
 
 def report(
@@ -309,7 +319,8 @@ def report(
         trajectories, steps: size of the simulation at λ.
         boundary: estimate λ* (the slowest part); boundary_*: its size
             (:func:`kvstab.stability.estimate_boundary`, precision 'fast' overridden).
-        slo: reserved for SLO sizing (kvstab.slo; not available yet).
+        slo: a latency SLO (e.g. "ttft_p99<=2s", :func:`kvstab.slo.parse_slo`): adds the
+            replicas that meet it (several more simulations: minutes, not seconds).
         progress: callable(message) told which phase starts.
 
     Raises:
@@ -327,6 +338,11 @@ def report(
     check_number("trajectories", trajectories, low=2, integer=True)
     check_number("steps", steps, low=256, integer=True)
     check_number("seed", seed, low=0, integer=True)
+    if slo is not None:  # parsed first: a bad SLO fails before any simulation
+        from kvstab.slo import as_slo
+
+        slo_text = slo if isinstance(slo, str) else str(slo)
+        slo = as_slo(slo)
     for name, v in (
         ("boundary_grid_points", boundary_grid_points),
         ("boundary_replications", boundary_replications),
@@ -388,7 +404,8 @@ def report(
             seed=seed,
         )
     gpus = cap.gpus
-    gpus_slo = gpus_for_slo(workload, dict(kv=kv_capacity_tokens), rate_per_s, slo)
+    words = dict(kv=kv_capacity_tokens, chunk=chunk_tokens, batch_time=batch_time_s)
+    gpus_slo = gpus_for_slo(workload, words, rate_per_s, slo, seed=seed)
     config = {
         "workload": cap.workload,
         "kv_capacity_tokens": int(kv_capacity_tokens),
@@ -408,7 +425,7 @@ def report(
             "replications": int(boundary_replications),
             "num_steps": int(boundary_steps),
         },
-        "slo": slo,
+        "slo": None if slo is None else slo_text,
         "seed": int(seed),
         "kvstab_version": __version__,
         "sim_semantics_version": SIM_SEMANTICS_VERSION,

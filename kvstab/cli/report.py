@@ -61,6 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="RHO",
         help="target utilisation ρ in (0, 1] for the replica count (default 0.9)",
     )
+    p.add_argument(
+        "--slo",
+        default=None,
+        metavar="SLO",
+        help='a latency target, e.g. "ttft_p99<=2s,tpot_p99<=0.1s": also size the replicas '
+        "that meet it (simulates G and G-1: minutes)",
+    )
     s = p.add_argument_group("sizes (the defaults fit in a minute on 2 CPU cores)")
     s.add_argument(
         "--trajectories",
@@ -132,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         boundary_replications=args.boundary_runs,
         boundary_steps=args.boundary_steps,
         seed=args.seed,
+        slo=args.slo,
         progress=progress,
     )
     progress.close()
