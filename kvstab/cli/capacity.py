@@ -75,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"  delta      {r.delta:.4g}          = max(s+o) / M")
     print(f"  mu(1-d)    {r.mu_stable:.4g} req/s   stable below this rate (Theorem 4.2)")
     if r.rate_per_s is not None:
+        from kvstab.report import verdict_phrase
+
         print(
-            f"  at {r.rate_per_s:g} req/s: {r.verdict} on one replica; "
-            f"{r.gpus} replica(s) for utilisation <= {r.utilization:g}"
+            f"  at {r.rate_per_s:g} req/s: "
+            + verdict_phrase(r.rate_per_s, r.mu, r.mu_stable, r.gpus, r.utilization)
         )
     else:
         print("  (give --rate to get a verdict and a replica count)")
