@@ -278,7 +278,9 @@ def estimate_bytes(
     S = int(sizes.get("max_preempted", K))
     L = int(sizes.get("cal_len", 2))
     R = int(sizes.get("num_requests", 1))
-    state = 4 * (5 * L + 3 * K + 2 * S + window + 6 * max(int(num_records), 1) + 32)
+    # records exist only for buffered requests (num_records may say "all": 2**30)
+    records = min(int(num_records), max(R, int(sizes.get("replica_requests", 0))))
+    state = 4 * (5 * L + 3 * K + 2 * S + window + 6 * max(records, 1) + 32)
     if dynamic:
         state += 12 * int(sizes.get("replica_requests", R))
     requests = 12 * R * 3

@@ -369,6 +369,10 @@ def test_memory_check_names_the_numbers_and_a_suggestion(monkeypatch):
     sizes = {"max_running": 64, "max_preempted": 64, "num_requests": 1000, "cal_len": 512}
     one = validate.estimate_bytes(1, sizes, num_blocks=10, num_steps=640)
     assert validate.estimate_bytes(8, sizes, num_blocks=10, num_steps=640) == 8 * one
+    # "record every request" (2**30) costs what recording the 1000 buffered ones costs
+    kw = dict(num_blocks=10, num_steps=640)
+    everything = validate.estimate_bytes(1, sizes, num_records=2**30, **kw)
+    assert everything == validate.estimate_bytes(1, sizes, num_records=1000, **kw) < 2**20
     fake = lambda: (100 * one, "fake device")  # noqa: E731
     assert validate.check_memory(10, sizes, num_trajectories=10, available=fake,
                                  num_blocks=10, num_steps=640) == 10 * one  # fmt: skip
