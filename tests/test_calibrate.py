@@ -135,6 +135,7 @@ def test_linear_coefficients_recovered():
     assert abs(c[0] / true[0] - 1) < 0.05 and abs(c[2] / true[2] - 1) < 0.05, c
 
 
+@pytest.mark.slow  # 18 s: the README's test command stays within 8 minutes
 def test_kv_capacity_recovered_by_smoothed_relaxation():
     """Effective M = 20000 recovered within 5 % from a saturated throughput (32 traj x 2048
     steps observed; 30 iterations of 16 perturbed copies; measured: 20324)."""

@@ -138,6 +138,7 @@ def test_automatic_compaction_gives_the_same_results():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # 14-28 s: the README's test command stays within 8 minutes
 def test_batch_rollout_equals_stacked_single_rollouts_and_no_jit():
     law = Independent(Uniform(1, 30), Uniform(1, 30))
     wl = sample_workload(jax.random.PRNGKey(1), law, num_trajectories=3, num_requests=200)
@@ -241,6 +242,7 @@ def test_conservation_and_memory_bounds(overflow, admission):
     check()
 
 
+@pytest.mark.slow  # 14-28 s: the README's test command stays within 8 minutes
 def test_caps_are_flagged_and_rerun_larger():
     law = Independent(Uniform(1, 20), Uniform(1, 20))
     r = simulate(
@@ -267,6 +269,7 @@ def test_caps_are_flagged_and_rerun_larger():
     assert "ring_full" in r2.summary()["flags"]
 
 
+@pytest.mark.slow  # 14-28 s: the README's test command stays within 8 minutes
 def test_arrival_buffer_exhaustion_is_rerun_not_hidden():
     law = Independent(Constant(5), Constant(5))
     r = simulate(

@@ -132,7 +132,7 @@ def test_empty_jsonl(tmp_path):
 
 
 def test_missing_column(tmp_path):
-    with raises(r"missing column\(s\) 'output_tokens'.*columns="):
+    with raises(r"missing column\(s\) 'output_tokens'.*--columns arrival_s=NAME"):
         read_trace(write(tmp_path, "m.csv", "arrival_s,prompt_tokens\n0,1\n"))
 
 

@@ -42,6 +42,8 @@ BASE = {
     "boundary": [*SMALL, "--precision", "fast", "--quiet"],
     "fit": ["--quiet", "--steps", "5", "--no-mmpp"],  # + --trace FILE (fixture)
     "reproduce": ["--no-draw", "--only", "no_such_name_checked_later"],
+    "report": [*SMALL, "--rate", "1", "--trajectories", "2", "--steps", "256", "--no-boundary",
+               "--quiet"],  # fmt: skip
     "size": [*SMALL, "--rate", "1", "--slo", "ttft_p99<=2s", "--steps", "256", "--quiet"],
     "compare": [*SMALL, "--precision", "tiny", "--policies", "vllm", "--quiet"],
     "sweep": ["--rate-fraction", "0.5", "--replications", "2", "--steps", "64", "--quiet"],
@@ -200,7 +202,11 @@ API_CASES = [
         (f"simulate num_trajectories={v!r}", _sim(num_trajectories=v), "num_trajectories")
         for v in BAD_INTS
     ],  # fmt: skip
-    *[(f"simulate seed={v!r}", _sim(seed=v), "seed") for v in BAD_INTS],
+    # a list of seeds is valid (one per equal group of trajectories, kvstab.sweep), so the
+    # list case is one that does not divide the trajectories
+    *[(f"simulate seed={v!r}", _sim(seed=v), "seed") for v in BAD_INTS if v != [1, 2]],
+    ("simulate seed=[1, 2, 3]", _sim(seed=[1, 2, 3]), "seed"),
+    ("simulate seed=[1, -2]", _sim(seed=[1, -2]), "seed"),
     *[(f"simulate max_attempts={v!r}", _sim(max_attempts=v), "max_attempts") for v in BAD_INTS],
     *[
         (f"simulate warmup_frac={v!r}", _sim(warmup_frac=v), "warmup_frac")
