@@ -42,8 +42,17 @@ BASE = {
     "boundary": [*SMALL, "--precision", "fast", "--quiet"],
     "fit": ["--quiet", "--steps", "5", "--no-mmpp"],  # + --trace FILE (fixture)
     "reproduce": ["--no-draw", "--only", "no_such_name_checked_later"],
-    "report": [*SMALL, "--rate", "1", "--trajectories", "2", "--steps", "256", "--no-boundary",
-               "--quiet"],  # fmt: skip
+    "report": [
+        *SMALL,
+        "--rate",
+        "1",
+        "--trajectories",
+        "2",
+        "--steps",
+        "256",
+        "--no-boundary",
+        "--quiet",
+    ],  # fmt: skip
     "size": [*SMALL, "--rate", "1", "--slo", "ttft_p99<=2s", "--steps", "256", "--quiet"],
     "compare": [*SMALL, "--precision", "tiny", "--policies", "vllm", "--quiet"],
     "sweep": ["--rate-fraction", "0.5", "--replications", "2", "--steps", "64", "--quiet"],
