@@ -224,7 +224,7 @@ def report_text(r: Report) -> str:
     if r.gpus_slo is not None:
         lines.append(f"  for the SLO ({cfg['slo']}) use {r.gpus_slo} replica(s)")
     else:
-        lines.append("  (give an SLO to size by latency: not available yet)")
+        lines.append('  (add --slo "ttft_p99<=2s" to size the replicas by a latency target)')
     lines.append(f"done in {r.wall_s:.1f} s")
     return "\n".join(lines)
 
