@@ -223,6 +223,8 @@ def report_text(r: Report) -> str:
     lines.append(f"  {r.verdict}")
     if r.gpus_slo is not None:
         lines.append(f"  for the SLO ({cfg['slo']}) use {r.gpus_slo} replica(s)")
+    elif cfg.get("slo"):
+        lines.append(f"  no replica count up to the search limit meets the SLO ({cfg['slo']})")
     else:
         lines.append('  (add --slo "ttft_p99<=2s" to size the replicas by a latency target)')
     lines.append(f"done in {r.wall_s:.1f} s")
