@@ -238,9 +238,6 @@ class ConservativeAdmission(CapAdmission):
             return self.max_tokens - max(p - c, 0)
         return self.max_tokens - jnp.maximum(p - c, 0)
 
-    def check_workload(self, prompt_max, output_max, m) -> None:
-        super().check_workload(prompt_max, output_max, m)
-
     def next_ratio(self, r, retracted: bool, n: int, reserved: int, xp=np):
         """r after step 3: the retraction estimate, or one decay step (float32)."""
         f = np.float32 if xp is np else jnp.float32
@@ -446,7 +443,6 @@ def volume_f32(s, o, chunk, xp=np):
     (token·steps, kvstab.request.g_exact), evaluated in float32 in this exact order of
     operations, so that the reference (numpy, ``xp=np``) and the JAX simulator
     (``xp=jnp``) compute the very same number (docs/semantics.md "Orders")."""
-    f = xp.float32
     c = -(-s // chunk)
     if xp is np:
         f = np.float32
